@@ -1,0 +1,54 @@
+# vla_ros: `make demo` runs the policy node on the simulated ALOHA, `make test` runs every test.
+# Both create or refresh the project's own virtual environment (.venv) from requirements.txt;
+# nothing depends on what was installed by hand.
+
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+
+# Keep ROS 2 traffic on this machine; no hub lookups; headless MuJoCo rendering.
+export ROS_AUTOMATIC_DISCOVERY_RANGE := LOCALHOST
+export HF_HUB_OFFLINE := 1
+export MUJOCO_GL := egl
+export AMENT_PREFIX_PATH := $(abspath $(VENV))
+
+PACKAGE_FILES := setup.py setup.cfg package.xml resource/vla_ros \
+	$(shell find vla_ros config launch -type f \( -name '*.py' -o -name '*.yaml' -o -name '*.json' -o -name '*.safetensors' \) 2>/dev/null)
+
+.PHONY: venv test test-fast demo bench freeze clean
+
+venv: $(VENV)/.installed
+
+# Third-party requirements: only when requirements.txt changes.
+$(VENV)/.requirements: requirements.txt tools/bootstrap_system.sh
+	bash tools/bootstrap_system.sh
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
+	touch $@
+
+# The package itself, installed (not editable) so that its share/ directory and ament index
+# marker exist; reinstalled whenever a package file changes.
+$(VENV)/.installed: $(VENV)/.requirements $(PACKAGE_FILES)
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation .
+	rm -rf build *.egg-info
+	touch $@
+
+test: venv
+	$(PY) -m pytest; status=$$?; \
+	if [ $$status -eq 5 ]; then echo "no tests collected: failing"; exit 1; fi; exit $$status
+
+test-fast: venv
+	$(PY) -m pytest -m "not slow"
+
+demo: venv
+	$(BIN)/vla-ros demo
+
+bench: venv
+	$(BIN)/vla-ros bench all
+
+freeze: venv
+	$(PY) -m pip freeze --exclude vla_ros
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,35 @@
+"""ament_python package: `colcon build` on a ROS 2 machine, `pip install .` into a venv."""
+
+from glob import glob
+
+from setuptools import find_packages, setup
+
+PACKAGE = "vla_ros"
+
+setup(
+    name=PACKAGE,
+    version="0.1.0",
+    packages=find_packages(include=[PACKAGE, f"{PACKAGE}.*"]),
+    data_files=[
+        ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
+        (f"share/{PACKAGE}", ["package.xml"]),
+        (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
+        (f"share/{PACKAGE}/config", glob("config/*.yaml")),
+    ],
+    install_requires=["setuptools"],
+    zip_safe=True,
+    maintainer="vla_ros maintainers",
+    maintainer_email="maintainers@vla-ros.invalid",
+    description="One-step VLA policies for bimanual ALOHA-style arms on ROS 2",
+    license="Apache-2.0",
+    entry_points={
+        "console_scripts": [
+            "vla-ros = vla_ros.cli:main",
+            "sim_node = vla_ros.ros.sim_node:main",
+            "policy_node = vla_ros.ros.policy_node:main",
+            "recorder_node = vla_ros.ros.recorder_node:main",
+            "scripted_leader = vla_ros.ros.scripted_leader:main",
+            "bag_player = vla_ros.ros.bag_player:main",
+        ],
+    },
+)
