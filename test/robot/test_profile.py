@@ -1,0 +1,100 @@
+"""The robot profiles load, expand per-joint data to the 14-dim vector, and reject bad files
+with a message naming file, key and problem."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from vla_ros.robot.profile import ProfileError, config_dir, load_profile
+
+BUNDLED = ["aloha_stationary", "aloha_ros1_act", "aloha_sim"]
+
+
+@pytest.mark.parametrize("name", BUNDLED)
+def test_bundled_profiles_load(name):
+    profile = load_profile(name)
+    assert profile.name == name
+    assert profile.action_dim == 14
+    assert profile.vector_names[:7] == (
+        "left_waist", "left_shoulder", "left_elbow", "left_forearm_roll",
+        "left_wrist_angle", "left_wrist_rotate", "left_gripper",
+    )
+    assert profile.gripper_indices == (6, 13)
+    assert profile.dt == pytest.approx(0.02)
+    assert np.all(profile.safe_lower() < profile.start_pose)
+    assert np.all(profile.start_pose < profile.safe_upper())
+    assert not profile.position_lower.flags.writeable
+
+
+def test_variants_share_the_arm_and_differ_in_data():
+    humble, ros1 = load_profile("aloha_stationary"), load_profile("aloha_ros1_act")
+    np.testing.assert_array_equal(humble.position_upper, ros1.position_upper)
+    assert humble.follower_finger.open == pytest.approx(0.0579)
+    assert ros1.follower_joint.close == pytest.approx(-0.6213)
+    assert humble.arms[0].joint_states_topic == "/follower_left/joint_states"
+    assert ros1.arms[0].joint_states_topic == "/puppet_left/joint_states"
+    assert load_profile("aloha_sim").camera_names == ("cam_high",)
+
+
+def test_gripper_map_round_trip():
+    gmap = load_profile("aloha_stationary").follower_finger
+    assert float(gmap.normalize(gmap.open)) == pytest.approx(1.0)
+    assert float(gmap.normalize(gmap.close)) == pytest.approx(0.0)
+    values = np.linspace(-0.2, 1.2, 15)
+    np.testing.assert_allclose(gmap.normalize(gmap.denormalize(values)), values, atol=1e-12)
+
+
+def _write_variant(tmp_path: Path, edit) -> Path:
+    data = yaml.safe_load((config_dir() / "aloha_stationary.yaml").read_text())
+    edit(data)
+    path = tmp_path / "broken.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+@pytest.mark.parametrize(
+    "edit, key, problem",
+    [
+        (lambda d: d.pop("control_rate_hz"), "control_rate_hz", "missing"),
+        (lambda d: d.update(control_rate_hz=-5), "control_rate_hz", "> 0"),
+        (lambda d: d["limits"].update(velocity=[1.0] * 6), "limits.velocity", "7 numbers"),
+        (lambda d: d["limits"]["acceleration"].__setitem__(2, 0.0), "limits.acceleration[2]", "> 0"),
+        (lambda d: d["limits"]["position_lower"].__setitem__(1, 5.0), "limits.position_lower[1]", "below"),
+        (lambda d: d["limits"]["tracking"].__setitem__(0, "fast"), "limits.tracking[0]", "finite number"),
+        (lambda d: d["grippers"]["follower_finger"].update(close=0.0579), "grippers.follower_finger", "differ"),
+        (lambda d: d["arms"][1].update(command_topic="relative/topic"), "arms[1].command_topic", "absolute"),
+        (lambda d: d["arms"][1].update(name="left"), "arms", "distinct"),
+        (lambda d: d["cameras"][0].pop("topic"), "cameras[0].topic", "missing"),
+        (lambda d: d.update(start_pose=[0, -3.0, 1.16, 0, -0.3, 0, 0.1]), "start_pose[1]", "outside"),
+        (lambda d: d.update(arm_joints=["waist", "waist"]), "arm_joints", "distinct"),
+    ],
+)
+def test_malformed_profile_names_file_key_and_problem(tmp_path, edit, key, problem):
+    path = _write_variant(tmp_path, edit)
+    with pytest.raises(ProfileError) as err:
+        load_profile(path)
+    assert err.value.key == key
+    assert problem in err.value.problem
+    assert str(path) in str(err.value) and key in str(err.value)
+
+
+def test_missing_and_unparsable_files(tmp_path):
+    with pytest.raises(ProfileError, match="file not found"):
+        load_profile("no_such_robot")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed")
+    with pytest.raises(ProfileError, match="invalid YAML"):
+        load_profile(bad)
+
+
+def test_extends_overrides_top_level_keys(tmp_path):
+    child = tmp_path / "child.yaml"
+    child.write_text("extends: aloha_stationary\nname: child\ncontrol_rate_hz: 100\n")
+    profile = load_profile(child)
+    assert profile.name == "child" and profile.dt == pytest.approx(0.01)
+    loop = tmp_path / "loop.yaml"
+    loop.write_text(f"extends: {loop}\nname: loop\n")
+    with pytest.raises(ProfileError, match="cycle"):
+        load_profile(loop)
