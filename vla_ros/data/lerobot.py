@@ -1,0 +1,990 @@
+"""LeRobotDataset v3.0 writer and reader (parquet via pyarrow, mp4 via PyAV; no LeRobot import).
+
+Layout (as LeRobot v3.0 lays it out, checked against huggingface/lerobot datasets/utils.py and
+lerobot_dataset.py):
+
+    meta/info.json                              codebase_version "v3.0", fps, totals, paths, features
+    meta/stats.json                             per feature min/max/mean/std/count (images: (3,1,1))
+    meta/tasks.parquet                          task_index, indexed by the task string
+    meta/episodes/chunk-000/file-000.parquet    one row per episode: offsets + per-episode stats
+    data/chunk-CCC/file-FFF.parquet             timestamp, frame_index, episode_index, index,
+                                                task_index, observation.state, action
+    videos/observation.images.<cam>/chunk-CCC/file-FFF.mp4
+
+Deviations from what LeRobot itself writes (readers that follow the episode metadata, LeRobot's
+included, are unaffected):
+- Every episode gets its own data file and its own mp4 per camera (file index = episode index,
+  chunk index = episode index // chunks_size); LeRobot packs several episodes per file up to
+  data/video_files_size_in_mb. v3 allows both; our own reader follows the episode offsets.
+- Default codec: libx264 (h264, yuv420p, GOP ``gop``) rather than libsvtav1, because three
+  480x640 streams at 50 Hz must encode in real time on a 2-core CPU. ``vcodec="libsvtav1"`` works.
+- No pandas is installed, so meta/tasks.parquet is written with pyarrow plus pandas metadata that
+  makes ``pd.read_parquet`` index it by task string, as LeRobot expects; the data parquet carries
+  no embedded Hugging Face ``datasets`` schema (LeRobot loads it with the features from info.json).
+- Stats carry min/max/mean/std/count only (no quantiles); image stats come from a subsample of
+  frames, downscaled, as LeRobot also does.
+
+Crash safety: an episode's files are encoded into ``.staging/`` and moved into place only when
+complete; the commit point is the atomic replace of the episodes parquet. ``kill -9`` at any
+moment therefore loses at most the episode being saved. Reopening a dataset drops files that no
+committed episode references and rewrites info/stats/tasks from the episode metadata, which is the
+source of truth (our reader trusts it over info.json totals for the same reason).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import queue
+import shutil
+import threading
+import time
+import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Iterator, Mapping, Sequence
+
+import av
+import cv2
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+log = logging.getLogger(__name__)
+
+CODEBASE_VERSION = "v3.0"
+CHUNKS_SIZE = 1000
+DATA_FILES_SIZE_IN_MB = 100
+VIDEO_FILES_SIZE_IN_MB = 500
+DATA_PATH = "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
+VIDEO_PATH = "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"
+EPISODES_PATH = "meta/episodes/chunk-000/file-000.parquet"
+INFO_PATH = "meta/info.json"
+STATS_PATH = "meta/stats.json"
+TASKS_PATH = "meta/tasks.parquet"
+STAGING_DIR = ".staging"
+STATE_KEY = "observation.state"
+ACTION_KEY = "action"
+IMAGE_PREFIX = "observation.images."
+INDEX_COLUMNS = ("timestamp", "frame_index", "episode_index", "index", "task_index")
+REQUIRED_EPISODE_COLUMNS = (
+    "episode_index", "tasks", "length", "data/chunk_index", "data/file_index",
+    "dataset_from_index", "dataset_to_index",
+)
+VIDEO_EPISODE_FIELDS = ("chunk_index", "file_index", "from_timestamp", "to_timestamp")
+# A frame's time is matched to its timestamp within this fraction of a frame period.
+TIME_TOLERANCE_FRAMES = 0.25
+# Image stats use every Nth frame, downscaled by this stride: cheap enough for the 50 Hz path.
+IMAGE_STATS_EVERY = 10
+IMAGE_STATS_PIXEL_STRIDE = 8
+
+
+class DatasetError(ValueError):
+    """A dataset on disk is missing, malformed or inconsistent; the message names the file."""
+
+
+def camera_key(camera: str) -> str:
+    return IMAGE_PREFIX + camera
+
+
+def pick_video_codec() -> str:
+    """The fastest codec this PyAV build can encode that LeRobot's decoders read."""
+    for name in ("libx264", "libsvtav1", "h264", "mpeg4"):
+        try:
+            av.codec.Codec(name, "w")
+            return name
+        except Exception:  # noqa: BLE001 - PyAV raises several types for an absent encoder
+            continue
+    raise RuntimeError("this PyAV build has no usable video encoder (tried libx264, libsvtav1, h264, mpeg4)")
+
+
+# --------------------------------------------------------------------------------------------
+# Small file helpers
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write beside the target, fsync, then rename: readers see the old or the new file, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _atomic_write_json(path: Path, obj) -> None:
+    _atomic_write_bytes(path, json.dumps(obj, indent=4).encode())
+
+
+def _atomic_write_table(path: Path, table: pa.Table) -> None:
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    _atomic_write_bytes(path, sink.getvalue().to_pybytes())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _read_table(path: Path) -> pa.Table:
+    try:
+        return pq.read_table(path)
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: file is missing") from None
+    except (pa.ArrowException, OSError) as err:
+        raise DatasetError(f"{path}: not a readable parquet file ({err})") from None
+
+
+def _tasks_table(tasks: Sequence[str]) -> pa.Table:
+    """tasks.parquet as pandas would write a frame indexed by task string (LeRobot reads it so)."""
+    pandas_meta = {
+        "index_columns": ["task"],
+        "column_indexes": [],
+        "columns": [
+            {"name": "task_index", "field_name": "task_index", "pandas_type": "int64",
+             "numpy_type": "int64", "metadata": None},
+            {"name": "task", "field_name": "task", "pandas_type": "unicode",
+             "numpy_type": "object", "metadata": None},
+        ],
+        "creator": {"library": "pyarrow", "version": pa.__version__},
+        "pandas_version": "2.2.3",
+    }
+    schema = pa.schema([("task_index", pa.int64()), ("task", pa.string())],
+                       metadata={b"pandas": json.dumps(pandas_meta).encode()})
+    return pa.table({"task_index": list(range(len(tasks))), "task": list(tasks)}, schema=schema)
+
+
+# --------------------------------------------------------------------------------------------
+# Statistics
+
+
+def _vector_stats(values: np.ndarray) -> dict[str, np.ndarray]:
+    values = np.asarray(values, dtype=np.float64)
+    if values.ndim == 1:
+        values = values[:, None]
+    return {"min": values.min(0), "max": values.max(0), "mean": values.mean(0),
+            "std": values.std(0), "count": np.array([len(values)])}
+
+
+def _image_stats(samples: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
+    """Per-channel stats in [0, 1], shaped (3, 1, 1) like LeRobot's."""
+    pixels = np.concatenate([s.reshape(-1, 3) for s in samples]).astype(np.float64) / 255.0
+    stats = _vector_stats(pixels)
+    stats = {k: v.reshape(3, 1, 1) for k, v in stats.items() if k != "count"}
+    stats["count"] = np.array([len(samples)])
+    return stats
+
+
+def aggregate_stats(per_episode: Sequence[dict[str, dict[str, np.ndarray]]]) -> dict:
+    """Dataset stats from per-episode stats: count-weighted mean and pooled variance."""
+    result: dict[str, dict[str, np.ndarray]] = {}
+    for key in per_episode[0] if per_episode else ():
+        parts = [ep[key] for ep in per_episode if key in ep]
+        counts = np.array([float(p["count"][0]) for p in parts])
+        weights = counts / counts.sum()
+        means = np.stack([p["mean"] for p in parts])
+        shape = (-1,) + (1,) * (means.ndim - 1)
+        mean = (means * weights.reshape(shape)).sum(0)
+        second = ((np.stack([p["std"] for p in parts]) ** 2 + means ** 2) * weights.reshape(shape)).sum(0)
+        result[key] = {
+            "min": np.min(np.stack([p["min"] for p in parts]), 0),
+            "max": np.max(np.stack([p["max"] for p in parts]), 0),
+            "mean": mean,
+            "std": np.sqrt(np.maximum(second - mean ** 2, 0.0)),
+            "count": np.array([int(counts.sum())]),
+        }
+    return result
+
+
+def _stats_to_json(stats: dict) -> dict:
+    return {k: {s: np.asarray(v).tolist() for s, v in d.items()} for k, d in stats.items()}
+
+
+def _episode_stats_from_row(row: dict) -> dict[str, dict[str, np.ndarray]]:
+    stats: dict[str, dict[str, np.ndarray]] = {}
+    for column, value in row.items():
+        if column.startswith("stats/") and value is not None:
+            feature, stat = column[len("stats/"):].rsplit("/", 1)
+            stats.setdefault(feature, {})[stat] = np.asarray(value, dtype=np.float64)
+    return stats
+
+
+# --------------------------------------------------------------------------------------------
+# Video
+
+
+class _StreamEncoder:
+    """Encodes one camera's frames on its own thread while the episode is recorded, so that the
+    sampling loop only enqueues and a save only has to flush the tail."""
+
+    def __init__(self, path: Path, width: int, height: int, fps: int, codec: str, options: dict):
+        self.path, self.width, self.height = path, width, height
+        self.frames_encoded = 0
+        self.error: BaseException | None = None
+        self._queue: queue.Queue = queue.Queue()
+        self._abort = False
+        self._container = av.open(str(path), "w", format="mp4")
+        stream = self._container.add_stream(codec, rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.time_base = Fraction(1, fps)
+        stream.options = options
+        self._stream = stream
+        self._thread = threading.Thread(target=self._run, name=f"encode-{path.name}", daemon=True)
+        self._thread.start()
+
+    @property
+    def backlog(self) -> int:
+        return self._queue.qsize()
+
+    def put(self, image: np.ndarray) -> None:
+        self._queue.put(image)
+
+    def _run(self) -> None:
+        try:
+            while True:
+                image = self._queue.get()
+                if image is None or self._abort:
+                    break
+                yuv = cv2.cvtColor(image, cv2.COLOR_RGB2YUV_I420)
+                frame = av.VideoFrame.from_ndarray(yuv, format="yuv420p")
+                frame.pts = self.frames_encoded
+                for packet in self._stream.encode(frame):
+                    self._container.mux(packet)
+                self.frames_encoded += 1
+            if not self._abort:
+                for packet in self._stream.encode(None):
+                    self._container.mux(packet)
+        except BaseException as err:  # noqa: BLE001 - reported by finish()
+            self.error = err
+        finally:
+            try:
+                self._container.close()
+            except Exception as err:  # noqa: BLE001
+                self.error = self.error or err
+
+    def finish(self) -> int:
+        """Flush and close; the number of frames encoded."""
+        self._queue.put(None)
+        self._thread.join()
+        if self.error is not None:
+            raise DatasetError(f"{self.path}: video encoding failed: {self.error!r}")
+        return self.frames_encoded
+
+    def abort(self) -> None:
+        """Stop without flushing; safe to call after finish()."""
+        if not self._thread.is_alive():
+            return
+        self._abort = True
+        self._queue.put(None)
+        self._thread.join()
+
+
+def count_video_frames(path: Path) -> int:
+    """Frames in an mp4 by demuxing (no decoding): what a reader will find there."""
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise DatasetError(f"{path}: no video stream")
+            stream = container.streams.video[0]
+            return sum(1 for packet in container.demux(stream) if packet.size)
+    except DatasetError:
+        raise
+    except (av.FFmpegError, OSError, ValueError) as err:
+        raise DatasetError(f"{path}: corrupt or unreadable video ({err})") from None
+
+
+def decode_video(path: Path, from_timestamp: float, to_timestamp: float, fps: float) -> Iterator[np.ndarray]:
+    """RGB frames whose time lies in [from_timestamp, to_timestamp), in order."""
+    tolerance = TIME_TOLERANCE_FRAMES / fps
+    try:
+        container = av.open(str(path))
+    except (av.FFmpegError, OSError, ValueError) as err:
+        raise DatasetError(f"{path}: corrupt or unreadable video ({err})") from None
+    with container:
+        if not container.streams.video:
+            raise DatasetError(f"{path}: no video stream")
+        stream = container.streams.video[0]
+        try:
+            if from_timestamp > tolerance:
+                container.seek(int(from_timestamp / stream.time_base), stream=stream, backward=True)
+            for frame in container.decode(stream):
+                t = float(frame.pts * stream.time_base)
+                if t < from_timestamp - tolerance:
+                    continue
+                if t >= to_timestamp - tolerance:
+                    break
+                yield frame.to_ndarray(format="rgb24")
+        except (av.FFmpegError, ValueError) as err:
+            raise DatasetError(f"{path}: corrupt video, decoding failed ({err})") from None
+
+
+# --------------------------------------------------------------------------------------------
+# Writer
+
+
+@dataclass
+class SaveResult:
+    episode_index: int
+    length: int
+    task: str
+    seconds: float  # from save_episode() to commit
+    data_path: Path
+    video_paths: dict[str, Path]
+
+
+@dataclass
+class _EpisodeBuffer:
+    task: str
+    staging: Path
+    encoders: dict[str, _StreamEncoder]
+    states: list = field(default_factory=list)
+    actions: list = field(default_factory=list)
+    image_samples: dict[str, list] = field(default_factory=dict)
+    last_timestamp: float | None = None
+
+
+class LeRobotWriter:
+    """Appends episodes to a LeRobotDataset v3.0 directory.
+
+    add_frame only validates, copies and enqueues (per-camera encoder threads do the work while
+    recording); save_episode hands the episode to one worker thread that flushes, checks that every
+    video has exactly as many frames as the table has rows, and commits. Saves commit in call order.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        fps: int,
+        robot_type: str,
+        state_names: Sequence[str],
+        action_names: Sequence[str],
+        cameras: Mapping[str, tuple[int, int]],
+        *,
+        vcodec: str | None = None,
+        gop: int = 10,
+        crf: int = 23,
+    ):
+        if int(fps) != fps or fps <= 0:
+            raise ValueError(f"fps must be a positive integer, got {fps}")
+        if not state_names or not action_names:
+            raise ValueError("state_names and action_names must be non-empty")
+        for cam, (h, w) in cameras.items():
+            if h <= 0 or w <= 0 or h % 2 or w % 2:
+                raise ValueError(f"camera {cam!r}: height and width must be positive and even (yuv420p), got {h}x{w}")
+        self.root = Path(root)
+        self.fps = int(fps)
+        self.robot_type = robot_type
+        self.state_names = tuple(state_names)
+        self.action_names = tuple(action_names)
+        self.cameras = {name: (int(h), int(w)) for name, (h, w) in cameras.items()}
+        self.vcodec = vcodec or pick_video_codec()
+        self._video_options = self._codec_options(self.vcodec, gop, crf)
+        self.features = self._features()
+        self._commit_lock = threading.Lock()
+        self._episode: _EpisodeBuffer | None = None
+        self._pending: list[Future] = []
+        self._closed = False
+        self._episodes: list[dict] = []
+        self._tasks: list[str] = []
+        self.root.mkdir(parents=True, exist_ok=True)
+        # Two writers appending to one dataset would both claim the next episode index.
+        self._lock_file = open(self.root / ".writer.lock", "w")
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            self._recover()
+        except BlockingIOError:
+            self._lock_file.close()
+            raise DatasetError(f"{self.root}: another writer has this dataset open") from None
+        except BaseException:
+            self._lock_file.close()
+            raise
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lerobot-save")
+
+    @classmethod
+    def for_profile(cls, root, profile, fps: int | None = None, **kwargs) -> "LeRobotWriter":
+        """State/action names and cameras from a RobotProfile; fps defaults to its control rate."""
+        return cls(root, fps or int(round(profile.control_rate_hz)), profile.name,
+                   profile.vector_names, profile.vector_names,
+                   {c.name: (c.height, c.width) for c in profile.cameras}, **kwargs)
+
+    # -- public API --------------------------------------------------------------------------
+
+    @property
+    def num_episodes(self) -> int:
+        """Committed episodes."""
+        return len(self._episodes)
+
+    @property
+    def recording(self) -> bool:
+        return self._episode is not None
+
+    @property
+    def encoder_backlog(self) -> int:
+        """Frames queued but not yet encoded in the current episode (all cameras)."""
+        return sum(e.backlog for e in self._episode.encoders.values()) if self._episode else 0
+
+    def start_episode(self, task: str) -> None:
+        self._check_open()
+        if self._episode is not None:
+            raise RuntimeError("an episode is already being recorded; save or discard it first")
+        if not isinstance(task, str) or not task.strip():
+            raise ValueError("task must be a non-empty string")
+        staging = self.root / STAGING_DIR / uuid.uuid4().hex
+        staging.mkdir(parents=True)
+        encoders = {}
+        try:
+            for cam, (h, w) in self.cameras.items():
+                encoders[cam] = _StreamEncoder(staging / f"{cam}.mp4", w, h, self.fps, self.vcodec, self._video_options)
+        except Exception:
+            for enc in encoders.values():
+                enc.abort()
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        self._episode = _EpisodeBuffer(task, staging, encoders, image_samples={c: [] for c in self.cameras})
+
+    def add_frame(self, state, action, images: Mapping[str, np.ndarray], timestamp: float | None = None) -> None:
+        """Append one frame. ``timestamp`` (s), when given, must increase; the table stores
+        frame_index / fps, which is also each frame's time in the video."""
+        ep = self._episode
+        if ep is None:
+            raise RuntimeError("add_frame called with no episode started")
+        state = np.asarray(state, dtype=np.float32).reshape(-1)
+        action = np.asarray(action, dtype=np.float32).reshape(-1)
+        if state.shape[0] != len(self.state_names):
+            raise ValueError(f"state has {state.shape[0]} entries, expected {len(self.state_names)}")
+        if action.shape[0] != len(self.action_names):
+            raise ValueError(f"action has {action.shape[0]} entries, expected {len(self.action_names)}")
+        if set(images) != set(self.cameras):
+            raise ValueError(f"images for cameras {sorted(images)}, expected {sorted(self.cameras)}")
+        for cam, image in images.items():
+            h, w = self.cameras[cam]
+            if image.shape != (h, w, 3) or image.dtype != np.uint8:
+                raise ValueError(f"camera {cam!r}: expected uint8 image of shape {(h, w, 3)}, got {image.dtype} {image.shape}")
+        if timestamp is not None:
+            if ep.last_timestamp is not None and timestamp <= ep.last_timestamp:
+                raise ValueError(f"timestamp {timestamp} does not increase (previous {ep.last_timestamp})")
+            ep.last_timestamp = timestamp
+        take_sample = len(ep.states) % IMAGE_STATS_EVERY == 0
+        for cam, image in images.items():
+            ep.encoders[cam].put(np.array(image, copy=True))
+            if take_sample:
+                ep.image_samples[cam].append(image[::IMAGE_STATS_PIXEL_STRIDE, ::IMAGE_STATS_PIXEL_STRIDE].copy())
+        ep.states.append(state)
+        ep.actions.append(action)
+
+    def save_episode(self, block: bool = False) -> Future:
+        """Hand the current episode to the save worker; returns a Future of SaveResult (already
+        resolved when block=True). Raises ValueError for an episode with no frames."""
+        ep = self._episode
+        if ep is None:
+            raise RuntimeError("save_episode called with no episode started")
+        if not ep.states:
+            raise ValueError("cannot save an empty episode (no frames added); discard it instead")
+        self._episode = None
+        started = time.monotonic()
+        future = self._executor.submit(self._save, ep, started)
+        self._pending = [f for f in self._pending if not f.done()] + [future]
+        if block:
+            future.result()
+        return future
+
+    def discard_episode(self) -> None:
+        ep = self._episode
+        if ep is None:
+            return
+        self._episode = None
+        for enc in ep.encoders.values():
+            enc.abort()
+        shutil.rmtree(ep.staging, ignore_errors=True)
+
+    def wait(self) -> None:
+        """Block until every save handed over so far has committed or failed (errors re-raised)."""
+        for future in list(self._pending):
+            future.result()
+
+    def close(self) -> None:
+        """Finish pending saves; an episode still being recorded is discarded."""
+        if self._closed:
+            return
+        if self._episode is not None:
+            log.warning("closing with an unsaved episode (%d frames): discarded", len(self._episode.states))
+            self.discard_episode()
+        self._executor.shutdown(wait=True)
+        self._closed = True
+        shutil.rmtree(self.root / STAGING_DIR, ignore_errors=True)
+        self._lock_file.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise RuntimeError("writer is closed")
+
+    @staticmethod
+    def _codec_options(codec: str, gop: int, crf: int) -> dict:
+        options = {"g": str(gop), "crf": str(crf)}
+        if codec == "libx264":
+            options.update(preset="ultrafast", tune="zerolatency")
+        elif codec == "libsvtav1":
+            options.update(preset="12")
+        return options
+
+    def _features(self) -> dict:
+        codec_name = av.codec.Codec(self.vcodec, "w").canonical_name  # "h264", "av1": what ffprobe reports
+        features = {
+            STATE_KEY: {"dtype": "float32", "shape": [len(self.state_names)], "names": list(self.state_names)},
+            ACTION_KEY: {"dtype": "float32", "shape": [len(self.action_names)], "names": list(self.action_names)},
+        }
+        for cam, (h, w) in self.cameras.items():
+            features[camera_key(cam)] = {
+                "dtype": "video",
+                "shape": [h, w, 3],
+                "names": ["height", "width", "channels"],
+                "info": {
+                    "video.height": h, "video.width": w, "video.codec": codec_name,
+                    "video.pix_fmt": "yuv420p", "video.is_depth_map": False,
+                    "video.fps": self.fps, "video.channels": 3, "has_audio": False,
+                },
+            }
+        features["timestamp"] = {"dtype": "float32", "shape": [1], "names": None}
+        for name in INDEX_COLUMNS[1:]:
+            features[name] = {"dtype": "int64", "shape": [1], "names": None}
+        return features
+
+    def _info(self) -> dict:
+        total_frames = int(self._episodes[-1]["dataset_to_index"]) if self._episodes else 0
+        return {
+            "codebase_version": CODEBASE_VERSION,
+            "robot_type": self.robot_type,
+            "total_episodes": len(self._episodes),
+            "total_frames": total_frames,
+            "total_tasks": len(self._tasks),
+            "chunks_size": CHUNKS_SIZE,
+            "data_files_size_in_mb": DATA_FILES_SIZE_IN_MB,
+            "video_files_size_in_mb": VIDEO_FILES_SIZE_IN_MB,
+            "fps": self.fps,
+            "splits": {"train": f"0:{len(self._episodes)}"},
+            "data_path": DATA_PATH,
+            "video_path": VIDEO_PATH if self.cameras else None,
+            "features": self.features,
+        }
+
+    def _recover(self) -> None:
+        """Load committed episodes, drop leftovers of an interrupted save, rewrite derived meta."""
+        info_path = self.root / INFO_PATH
+        if info_path.exists():
+            info = _load_info(info_path)
+            if info.get("fps") != self.fps:
+                raise DatasetError(f"{info_path}: dataset fps {info.get('fps')} != writer fps {self.fps}")
+            ours = {k: (v["dtype"], list(v["shape"]), v.get("names")) for k, v in self.features.items()}
+            theirs = {k: (v.get("dtype"), list(v.get("shape", [])), v.get("names")) for k, v in info.get("features", {}).items()}
+            if ours != theirs:
+                diff = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
+                raise DatasetError(f"{info_path}: existing dataset has different features ({', '.join(diff)}) than this writer")
+        episodes_path = self.root / EPISODES_PATH
+        other_meta = set((self.root / "meta" / "episodes").glob("chunk-*/file-*.parquet")) - {episodes_path}
+        if other_meta:
+            raise DatasetError(f"{sorted(other_meta)[0]}: episode metadata split over several files "
+                               "(written by another tool); appending to it is not supported")
+        if episodes_path.exists():
+            self._episodes = _read_table(episodes_path).to_pylist()
+        for row in self._episodes:
+            own = divmod(row["episode_index"], CHUNKS_SIZE)
+            files = [(row["data/chunk_index"], row["data/file_index"])] + [
+                (row[f"videos/{camera_key(c)}/chunk_index"], row[f"videos/{camera_key(c)}/file_index"]) for c in self.cameras]
+            if any(f != own for f in files):
+                raise DatasetError(f"{episodes_path}: episode {row['episode_index']} is not stored one file per "
+                                   "episode (written by another tool); appending would overwrite its files")
+        for row in self._episodes:
+            for task in row["tasks"]:
+                if task not in self._tasks:
+                    self._tasks.append(task)
+        shutil.rmtree(self.root / STAGING_DIR, ignore_errors=True)
+        referenced = {self.root / self._data_path(r) for r in self._episodes}
+        referenced |= {self.root / self._video_path(r, cam) for r in self._episodes for cam in self.cameras}
+        for pattern in ("data/*/*.parquet", "videos/*/*/*.mp4"):
+            for path in self.root.glob(pattern):
+                if path not in referenced:
+                    log.warning("removing %s: left over from an interrupted save", path)
+                    path.unlink()
+        for path in self.root.glob("**/.*.tmp"):
+            path.unlink()
+        self._write_derived_meta()
+
+    def _write_derived_meta(self) -> None:
+        _atomic_write_table(self.root / TASKS_PATH, _tasks_table(self._tasks))
+        stats = aggregate_stats([_episode_stats_from_row(r) for r in self._episodes])
+        _atomic_write_json(self.root / STATS_PATH, _stats_to_json(stats))
+        _atomic_write_json(self.root / INFO_PATH, self._info())
+
+    @staticmethod
+    def _data_path(row: dict) -> str:
+        return DATA_PATH.format(chunk_index=row["data/chunk_index"], file_index=row["data/file_index"])
+
+    @staticmethod
+    def _video_path(row: dict, cam: str) -> str:
+        key = camera_key(cam)
+        return VIDEO_PATH.format(video_key=key, chunk_index=row[f"videos/{key}/chunk_index"],
+                                 file_index=row[f"videos/{key}/file_index"])
+
+    def _save(self, ep: _EpisodeBuffer, started: float) -> SaveResult:
+        try:
+            return self._finish_and_commit(ep, started)
+        except BaseException:
+            for enc in ep.encoders.values():
+                enc.abort()
+            shutil.rmtree(ep.staging, ignore_errors=True)
+            log.exception("saving an episode of %d frames failed; it was not committed", len(ep.states))
+            raise
+
+    def _finish_and_commit(self, ep: _EpisodeBuffer, started: float) -> SaveResult:
+        length = len(ep.states)
+        for cam, enc in ep.encoders.items():
+            encoded = enc.finish()
+            in_file = count_video_frames(enc.path)
+            if not encoded == in_file == length:
+                raise DatasetError(
+                    f"camera {cam!r}: video has {in_file} frames ({encoded} encoded) but the episode has "
+                    f"{length} rows; episode not saved")
+        states, actions = np.stack(ep.states), np.stack(ep.actions)
+        frame_index = np.arange(length, dtype=np.int64)
+        timestamps = (frame_index / self.fps).astype(np.float32)
+        with self._commit_lock:
+            episode_index = len(self._episodes)
+            first = int(self._episodes[-1]["dataset_to_index"]) if self._episodes else 0
+            if ep.task not in self._tasks:
+                self._tasks.append(ep.task)
+            task_index = self._tasks.index(ep.task)
+            n = len(self.state_names)
+            table = pa.table({
+                STATE_KEY: pa.FixedSizeListArray.from_arrays(pa.array(states.reshape(-1)), n),
+                ACTION_KEY: pa.FixedSizeListArray.from_arrays(pa.array(actions.reshape(-1)), len(self.action_names)),
+                "timestamp": pa.array(timestamps),
+                "frame_index": pa.array(frame_index),
+                "episode_index": pa.array(np.full(length, episode_index, dtype=np.int64)),
+                "index": pa.array(first + frame_index),
+                "task_index": pa.array(np.full(length, task_index, dtype=np.int64)),
+            })
+            chunk, file = divmod(episode_index, CHUNKS_SIZE)
+            row = {
+                "episode_index": episode_index,
+                "tasks": [ep.task],
+                "length": length,
+                "data/chunk_index": chunk,
+                "data/file_index": file,
+                "dataset_from_index": first,
+                "dataset_to_index": first + length,
+            }
+            for cam in self.cameras:
+                key = camera_key(cam)
+                row.update({f"videos/{key}/chunk_index": chunk, f"videos/{key}/file_index": file,
+                            f"videos/{key}/from_timestamp": 0.0, f"videos/{key}/to_timestamp": length / self.fps})
+            row["meta/episodes/chunk_index"] = 0
+            row["meta/episodes/file_index"] = 0
+            stats = {STATE_KEY: _vector_stats(states), ACTION_KEY: _vector_stats(actions)}
+            for cam, samples in ep.image_samples.items():
+                stats[camera_key(cam)] = _image_stats(samples)
+            for name in INDEX_COLUMNS:
+                stats[name] = _vector_stats(table.column(name).to_numpy())
+            for feature, feature_stats in stats.items():
+                for stat, value in feature_stats.items():
+                    row[f"stats/{feature}/{stat}"] = np.asarray(value).tolist()
+
+            data_path = self.root / self._data_path(row)
+            staged_data = ep.staging / "data.parquet"
+            pq.write_table(table, staged_data)
+            video_paths = {cam: self.root / self._video_path(row, cam) for cam in self.cameras}
+            moves = [(staged_data, data_path)] + [(ep.encoders[c].path, p) for c, p in video_paths.items()]
+            for src, dst in moves:
+                with open(src, "rb") as f:
+                    os.fsync(f.fileno())
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(src, dst)
+                _fsync_dir(dst.parent)
+            # Tasks first (an unused extra task is harmless), then the commit point, then the rest.
+            _atomic_write_table(self.root / TASKS_PATH, _tasks_table(self._tasks))
+            _atomic_write_table(self.root / EPISODES_PATH, pa.Table.from_pylist(self._episodes + [row]))
+            self._episodes.append(row)
+            _atomic_write_json(self.root / STATS_PATH, _stats_to_json(
+                aggregate_stats([_episode_stats_from_row(r) for r in self._episodes])))
+            _atomic_write_json(self.root / INFO_PATH, self._info())
+        shutil.rmtree(ep.staging, ignore_errors=True)
+        return SaveResult(episode_index, length, ep.task, time.monotonic() - started, data_path, video_paths)
+
+
+# --------------------------------------------------------------------------------------------
+# Reader
+
+
+def _load_info(path: Path) -> dict:
+    try:
+        info = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DatasetError(f"{path}: missing; not a LeRobot dataset") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DatasetError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(info, dict):
+        raise DatasetError(f"{path}: expected a JSON object")
+    version = info.get("codebase_version")
+    if version != CODEBASE_VERSION:
+        raise DatasetError(f"{path}: codebase_version {version!r}, only {CODEBASE_VERSION!r} is supported")
+    for key in ("fps", "features", "data_path"):
+        if key not in info:
+            raise DatasetError(f"{path}: missing key {key!r}")
+    return info
+
+
+@dataclass
+class Episode:
+    index: int
+    task: str
+    state: np.ndarray       # (N, state_dim) float32
+    action: np.ndarray      # (N, action_dim) float32
+    timestamps: np.ndarray  # (N,) float32, seconds from the episode start
+    frame_index: np.ndarray
+    global_index: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.timestamps)
+
+
+@dataclass
+class Frame:
+    episode_index: int
+    frame_index: int
+    index: int
+    timestamp: float
+    task: str
+    state: np.ndarray
+    action: np.ndarray
+    images: dict[str, np.ndarray]  # camera name -> (H, W, 3) uint8 RGB
+
+
+class LeRobotDataset:
+    """Reads a LeRobotDataset v3.0 directory, following the episode metadata offsets.
+
+    ``profile`` (a RobotProfile), when given, is checked against the dataset: state/action
+    dimensions and names and the presence of every camera.
+    """
+
+    def __init__(self, root: str | os.PathLike, profile=None):
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise DatasetError(f"{self.root}: dataset directory does not exist")
+        self.info = _load_info(self.root / INFO_PATH)
+        self.fps = float(self.info["fps"])
+        self.features: dict = self.info["features"]
+        for key in (STATE_KEY, ACTION_KEY):
+            if key not in self.features:
+                raise DatasetError(f"{self.root / INFO_PATH}: feature {key!r} missing")
+        self.camera_keys = [k for k, v in self.features.items() if v.get("dtype") == "video"]
+        self.cameras = [k[len(IMAGE_PREFIX):] if k.startswith(IMAGE_PREFIX) else k for k in self.camera_keys]
+        self._episodes = self._load_episodes()
+        self.tasks = _read_table(self.root / TASKS_PATH).column("task").to_pylist() if (self.root / TASKS_PATH).exists() else []
+        self._data_cache: tuple[Path, pa.Table] | None = None
+        if profile is not None:
+            self.check_profile(profile)
+
+    def _load_episodes(self) -> list[dict]:
+        files = sorted((self.root / "meta" / "episodes").glob("chunk-*/file-*.parquet"))
+        if not files:
+            raise DatasetError(f"{self.root / 'meta/episodes'}: no episode metadata parquet files")
+        rows: list[dict] = []
+        required = list(REQUIRED_EPISODE_COLUMNS) + [
+            f"videos/{k}/{f}" for k in self.camera_keys for f in VIDEO_EPISODE_FIELDS]
+        for path in files:
+            table = _read_table(path)
+            missing = [c for c in required if c not in table.column_names]
+            if missing:
+                raise DatasetError(f"{path}: missing episode columns {missing}")
+            rows.extend(table.select(required).to_pylist())
+        rows.sort(key=lambda r: r["episode_index"])
+        if [r["episode_index"] for r in rows] != list(range(len(rows))):
+            raise DatasetError(f"{files[0].parent.parent}: episode indices are not 0..{len(rows) - 1}")
+        for row in rows:
+            if row["length"] <= 0 or row["dataset_to_index"] - row["dataset_from_index"] != row["length"]:
+                raise DatasetError(f"episode {row['episode_index']} is empty or its index range "
+                                   f"[{row['dataset_from_index']}, {row['dataset_to_index']}) disagrees with length {row['length']}")
+        return rows
+
+    # -- metadata ----------------------------------------------------------------------------
+
+    @property
+    def num_episodes(self) -> int:
+        return len(self._episodes)
+
+    @property
+    def num_frames(self) -> int:
+        return sum(r["length"] for r in self._episodes)
+
+    def episode_meta(self, index: int) -> dict:
+        if not 0 <= index < len(self._episodes):
+            raise IndexError(f"episode {index} out of range (dataset has {len(self._episodes)})")
+        return self._episodes[index]
+
+    def stats(self) -> dict[str, dict[str, np.ndarray]]:
+        path = self.root / STATS_PATH
+        try:
+            raw = json.loads(path.read_text())
+        except (FileNotFoundError, json.JSONDecodeError) as err:
+            raise DatasetError(f"{path}: missing or invalid ({err})") from None
+        return {k: {s: np.asarray(v) for s, v in d.items()} for k, d in raw.items()}
+
+    def check_profile(self, profile) -> None:
+        for key in (STATE_KEY, ACTION_KEY):
+            feature = self.features[key]
+            shape = list(feature.get("shape", []))
+            if shape != [profile.action_dim]:
+                raise DatasetError(f"{self.root}: {key} has shape {shape} but profile {profile.name!r} "
+                                   f"has a {profile.action_dim}-dim vector")
+            names = feature.get("names")
+            if names is not None and list(names) != list(profile.vector_names):
+                raise DatasetError(f"{self.root}: {key} names {names} differ from profile {profile.name!r} "
+                                   f"vector names {list(profile.vector_names)} (joint order mismatch)")
+        missing = [c for c in profile.camera_names if c not in self.cameras]
+        if missing:
+            raise DatasetError(f"{self.root}: cameras {missing} of profile {profile.name!r} are not in the "
+                               f"dataset (it has {self.cameras})")
+
+    # -- data --------------------------------------------------------------------------------
+
+    def _data_table(self, row: dict) -> tuple[Path, pa.Table]:
+        path = self.root / self.info["data_path"].format(
+            chunk_index=row["data/chunk_index"], file_index=row["data/file_index"])
+        if self._data_cache is None or self._data_cache[0] != path:
+            table = _read_table(path)
+            required = [STATE_KEY, ACTION_KEY, *INDEX_COLUMNS]
+            missing = [c for c in required if c not in table.column_names]
+            if missing:
+                raise DatasetError(f"{path}: missing columns {missing}")
+            self._data_cache = (path, table)
+        return self._data_cache
+
+    def episode(self, index: int) -> Episode:
+        row = self.episode_meta(index)
+        path, table = self._data_table(row)
+        global_index = table.column("index").to_numpy()
+        start = int(np.searchsorted(global_index, row["dataset_from_index"]))
+        part = table.slice(start, row["length"])
+        if part.num_rows != row["length"] or not np.array_equal(
+                part.column("index").to_numpy(), np.arange(row["dataset_from_index"], row["dataset_to_index"])):
+            raise DatasetError(f"{path}: rows for episode {index} (index {row['dataset_from_index']}.."
+                               f"{row['dataset_to_index'] - 1}) are missing or out of order")
+        arrays = {}
+        for key in (STATE_KEY, ACTION_KEY):
+            (dim,) = self.features[key]["shape"]
+            column = part.column(key).combine_chunks()
+            if not (pa.types.is_list(column.type) or pa.types.is_fixed_size_list(column.type)
+                    or pa.types.is_large_list(column.type)):
+                raise DatasetError(f"{path}: column {key!r} has type {column.type}, expected a list of {dim} floats")
+            lengths = column.value_lengths().to_numpy(zero_copy_only=False)
+            if np.any(lengths != dim):
+                bad = int(np.flatnonzero(lengths != dim)[0])
+                raise DatasetError(f"{path}: column {key!r} row {bad} of episode {index} has {lengths[bad]} "
+                                   f"values, info.json says {dim}")
+            arrays[key] = column.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, dim)
+        timestamps = part.column("timestamp").to_numpy().astype(np.float32)
+        task_index = int(part.column("task_index")[0].as_py())
+        task = self.tasks[task_index] if task_index < len(self.tasks) else row["tasks"][0]
+        return Episode(index, task, arrays[STATE_KEY], arrays[ACTION_KEY], timestamps,
+                       part.column("frame_index").to_numpy(), part.column("index").to_numpy())
+
+    def video_path(self, index: int, camera: str) -> tuple[Path, float, float]:
+        """(mp4 path, from_timestamp, to_timestamp) of one episode's camera stream."""
+        row = self.episode_meta(index)
+        key = camera_key(camera)
+        if key not in self.camera_keys:
+            raise KeyError(f"no camera {camera!r} (dataset has {self.cameras})")
+        path = self.root / self.info["video_path"].format(
+            video_key=key, chunk_index=row[f"videos/{key}/chunk_index"], file_index=row[f"videos/{key}/file_index"])
+        if not path.is_file():
+            raise DatasetError(f"{path}: video file missing for episode {index}")
+        return path, float(row[f"videos/{key}/from_timestamp"]), float(row[f"videos/{key}/to_timestamp"])
+
+    def video_frames(self, index: int, camera: str) -> np.ndarray:
+        """All frames of one episode's camera, (N, H, W, 3) uint8; N checked against the table."""
+        path, start, end = self.video_path(index, camera)
+        frames = list(decode_video(path, start, end, self.fps))
+        expected = self.episode_meta(index)["length"]
+        if len(frames) != expected:
+            raise DatasetError(f"{path}: {len(frames)} frames in [{start:.3f}, {end:.3f}) s for episode {index}, "
+                               f"but the table has {expected} rows")
+        return np.stack(frames)
+
+    def iter_frames(self, index: int) -> Iterator[Frame]:
+        """The episode frame by frame, decoding every camera in step with the table."""
+        ep = self.episode(index)
+        streams = {}
+        for cam in self.cameras:
+            path, start, end = self.video_path(index, cam)
+            streams[cam] = (path, decode_video(path, start, end, self.fps))
+        for i in range(len(ep)):
+            images = {}
+            for cam, (path, frames) in streams.items():
+                image = next(frames, None)
+                if image is None:
+                    raise DatasetError(f"{path}: video ends after {i} frames but episode {index} has {len(ep)} rows")
+                images[cam] = image
+            yield Frame(index, int(ep.frame_index[i]), int(ep.global_index[i]), float(ep.timestamps[i]),
+                        ep.task, ep.state[i], ep.action[i], images)
+        for cam, (path, frames) in streams.items():
+            if next(frames, None) is not None:
+                raise DatasetError(f"{path}: video has more frames than episode {index}'s {len(ep)} rows")
+
+    def __len__(self) -> int:
+        return self.num_frames
+
+    def __getitem__(self, index: int) -> Frame:
+        """Random access by global frame index (seeks in each video)."""
+        if not 0 <= index < self.num_frames:
+            raise IndexError(f"frame {index} out of range (dataset has {self.num_frames})")
+        starts = [r["dataset_from_index"] for r in self._episodes]
+        ep_index = int(np.searchsorted(starts, index, side="right") - 1)
+        ep = self.episode(ep_index)
+        i = index - self._episodes[ep_index]["dataset_from_index"]
+        images = {}
+        for cam in self.cameras:
+            path, start, _ = self.video_path(ep_index, cam)
+            t = start + float(ep.timestamps[i])
+            image = next(decode_video(path, t, t + 1.0 / self.fps, self.fps), None)
+            if image is None:
+                raise DatasetError(f"{path}: no frame at t={t:.3f} s (episode {ep_index}, frame {i})")
+            images[cam] = image
+        return Frame(ep_index, int(ep.frame_index[i]), index, float(ep.timestamps[i]), ep.task,
+                     ep.state[i], ep.action[i], images)
+
+    def validate(self, decode_videos: bool = False) -> None:
+        """Check every episode: table rows, timestamps at 1/fps, and video frame counts (by demuxing,
+        or by decoding every frame with decode_videos=True). Raises DatasetError on the first problem."""
+        period = 1.0 / self.fps
+        for index in range(self.num_episodes):
+            ep = self.episode(index)
+            expected = np.arange(len(ep)) * period
+            if not np.allclose(ep.timestamps, expected, atol=TIME_TOLERANCE_FRAMES * period):
+                raise DatasetError(f"episode {index}: timestamps are not frame_index / fps")
+            for cam in self.cameras:
+                if decode_videos:
+                    self.video_frames(index, cam)
+                    continue
+                path, start, end = self.video_path(index, cam)
+                if start == 0.0:
+                    count = count_video_frames(path)
+                    file_rows = sum(r["length"] for r in self._episodes
+                                    if self.video_path(r["episode_index"], cam)[0] == path)
+                    if count != file_rows:
+                        raise DatasetError(f"{path}: {count} frames but its episodes have {file_rows} rows")
