@@ -1,0 +1,72 @@
+"""Typed, described ROS parameters declared from a spec and read back validated.
+
+Every node declares its parameters through :func:`declare_parameters`, so that `ros2 param
+describe` documents them and a bad value stops the node with a message naming the parameter,
+instead of failing later somewhere else. Parameters are declared with dynamic typing and
+checked here, because rclpy rejects e.g. ``rate:=50`` for a float parameter with an unhelpful
+type error; an int given for a float is accepted. Only rclpy API common to Humble..Kilted.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from rcl_interfaces.msg import ParameterDescriptor
+
+
+class ParameterError(ValueError):
+    """A node parameter has a bad value."""
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One parameter: its name, default (whose type is the parameter's type) and description.
+
+    ``choices`` restricts strings; ``minimum``/``maximum`` bound numbers (inclusive)."""
+
+    name: str
+    default: bool | int | float | str
+    description: str
+    choices: tuple[str, ...] | None = None
+    minimum: float | None = None
+    maximum: float | None = None
+
+    def describe(self) -> str:
+        text = self.description
+        if self.choices:
+            text += f" (one of: {', '.join(self.choices)})"
+        if self.minimum is not None or self.maximum is not None:
+            text += f" (range: [{self.minimum}, {self.maximum}])"
+        return text
+
+    def validate(self, value: Any) -> bool | int | float | str:
+        """``value`` converted to the default's type, or ParameterError naming the parameter."""
+        kind = type(self.default)
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if type(value) is not kind:
+            raise ParameterError(
+                f"parameter '{self.name}' must be a {kind.__name__}, got {value!r} ({type(value).__name__})"
+            )
+        if kind is float and not math.isfinite(value):
+            raise ParameterError(f"parameter '{self.name}' must be finite, got {value!r}")
+        if self.choices is not None and value not in self.choices:
+            raise ParameterError(f"parameter '{self.name}' must be one of {list(self.choices)}, got {value!r}")
+        if self.minimum is not None and value < self.minimum:
+            raise ParameterError(f"parameter '{self.name}' must be >= {self.minimum}, got {value!r}")
+        if self.maximum is not None and value > self.maximum:
+            raise ParameterError(f"parameter '{self.name}' must be <= {self.maximum}, got {value!r}")
+        return value
+
+
+def declare_parameters(node, specs: Sequence[ParamSpec]) -> dict[str, Any]:
+    """Declare every spec on ``node`` and return ``{name: validated value}``."""
+    values = {}
+    for spec in specs:
+        descriptor = ParameterDescriptor(description=spec.describe(), dynamic_typing=True)
+        node.declare_parameter(spec.name, spec.default, descriptor)
+        values[spec.name] = spec.validate(node.get_parameter(spec.name).value)
+    return values

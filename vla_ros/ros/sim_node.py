@@ -1,0 +1,288 @@
+"""sim_node: the MuJoCo ALOHA (gym-aloha) as a ROS 2 robot speaking the real stack's topics.
+
+Publishes each follower's JointState in the ALOHA ROS 2 stack's 9-name layout, the cameras the
+simulation renders on the profile's camera topics, the task reward and success, /diagnostics,
+and /clock when stepping as fast as possible. Follows JointTrajectory commands on the profile's
+command topics the way a joint_trajectory_controller would: interpolating from the state at
+receipt through the points, then holding the last point until the next command. Bad commands
+are reported, counted and ignored; the simulation keeps running.
+
+Trajectories start when they are received (header stamps are ignored): the sender's clock may
+be wall time while the simulation runs on its own /clock. Positions are interpolated linearly;
+point velocities are not used.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.node import Node
+from rosgraph_msgs.msg import Clock
+from sensor_msgs.msg import CompressedImage, Image, JointState
+from std_msgs.msg import Bool, Float32
+from std_srvs.srv import Trigger
+from trajectory_msgs.msg import JointTrajectory
+
+from vla_ros.robot.profile import ProfileError, load_profile
+from vla_ros.ros import convert
+from vla_ros.ros.params import ParameterError, ParamSpec, declare_parameters
+from vla_ros.ros.qos import RELIABILITIES, image_qos, state_qos
+from vla_ros.sim.aloha_sim import ACTION_DIM, SIM_DT, TASKS, AlohaSim
+
+# Which simulated camera stands in for which profile camera (the scene has no wrist cameras).
+SIM_CAMERA_FOR_PROFILE_CAMERA = {"cam_high": "top"}
+COMPRESSED_SUFFIX = "/compressed"  # image_transport's convention for the compressed topic
+
+PARAMETERS = (
+    ParamSpec("profile", "aloha_sim", "robot profile: a bundled name (config/<name>.yaml) or a YAML path"),
+    ParamSpec("task", "transfer_cube", "simulated task", choices=tuple(TASKS)),
+    ParamSpec("seed", 0, "seed of the first episode; episode k is seeded with seed + k", minimum=0, maximum=2**31 - 1),
+    ParamSpec("image_width", 640, "published image width (pixels)", minimum=16, maximum=4096),
+    ParamSpec("image_height", 480, "published image height (pixels)", minimum=16, maximum=4096),
+    ParamSpec("image_format", "raw", "raw: sensor_msgs/Image rgb8 on the camera topic; jpeg: "
+              "sensor_msgs/CompressedImage on <camera topic>/compressed", choices=("raw", "jpeg")),
+    ParamSpec("jpeg_quality", 90, "JPEG quality when image_format is jpeg", minimum=1, maximum=100),
+    ParamSpec("image_qos", "reliable", "image reliability (best_effort drops large frames between processes)",
+              choices=tuple(RELIABILITIES)),
+    ParamSpec("image_qos_depth", 2, "image publisher queue depth", minimum=1, maximum=100),
+    ParamSpec("real_time", True, "true: step at `rate` steps per wall-clock second; false: step as fast as "
+              "possible and publish /clock (run consumers with use_sim_time)"),
+    ParamSpec("rate", 50.0, "steps per wall-clock second when real_time (each step simulates 0.02 s, so 50 "
+              "is real time)", minimum=0.1, maximum=1000.0),
+    ParamSpec("mirror_finger_joint", "right_finger", "name of the follower's second finger joint in the "
+              "published JointState (its position is minus the finger's)"),
+    ParamSpec("diagnostics_period", 1.0, "seconds of wall time between /diagnostics messages",
+              minimum=0.05, maximum=60.0),
+)
+
+
+@dataclass
+class ArmPlan:
+    """A received trajectory for one arm, on the simulation clock."""
+
+    start_time: float
+    knot_times: np.ndarray  # (K,) seconds from start_time
+    knots: np.ndarray  # (K, joints_per_arm)
+
+    @classmethod
+    def from_trajectory(cls, start_time: float, current: np.ndarray, times: np.ndarray, targets: np.ndarray):
+        if times[0] > 0:  # interpolate from where the arm is to the first point
+            times = np.concatenate([[0.0], times])
+            targets = np.vstack([current, targets])
+        return cls(start_time, times, targets)
+
+    def sample(self, now: float) -> np.ndarray:
+        elapsed = now - self.start_time
+        return np.array([np.interp(elapsed, self.knot_times, self.knots[:, j]) for j in range(self.knots.shape[1])])
+
+
+class SimNode(Node):
+    def __init__(self, **node_kwargs):
+        super().__init__("sim_node", **node_kwargs)
+        self.params = declare_parameters(self, PARAMETERS)
+        self.profile = load_profile(self.params["profile"])
+        if self.profile.action_dim != ACTION_DIM:
+            raise ValueError(f"profile {self.profile.name} describes a {self.profile.action_dim}-dim robot; "
+                             f"the simulated ALOHA has {ACTION_DIM} joints")
+        self.cameras = [c for c in self.profile.cameras if c.name in SIM_CAMERA_FOR_PROFILE_CAMERA]
+        if not self.cameras:
+            raise ValueError(f"profile {self.profile.name} has none of the simulated cameras "
+                             f"{sorted(SIM_CAMERA_FOR_PROFILE_CAMERA)}")
+        skipped = [c.name for c in self.profile.cameras if c not in self.cameras]
+        if skipped:
+            self.get_logger().warning(f"cameras {skipped} are not simulated and will not be published")
+        self.sim = AlohaSim(
+            self.params["task"],
+            cameras=tuple(SIM_CAMERA_FOR_PROFILE_CAMERA[c.name] for c in self.cameras),
+            image_width=self.params["image_width"],
+            image_height=self.params["image_height"],
+        )
+        self.real_time = self.params["real_time"]
+        self.clock_time = 0.0  # seconds of simulated time since start, never reset (drives /clock)
+        self.episode = -1
+        self.accepted_commands = 0
+        self.rejected_commands = 0
+        self.last_rejection = ""
+        self.sim_errors = 0
+        self.overruns = 0
+        self.steps = 0
+
+        self.joint_state_pubs = [self.create_publisher(JointState, arm.joint_states_topic, state_qos())
+                                 for arm in self.profile.arms]
+        qos = image_qos(self.params["image_qos"], self.params["image_qos_depth"])
+        compressed = self.params["image_format"] == "jpeg"
+        self.image_pubs = [
+            self.create_publisher(CompressedImage if compressed else Image,
+                                  cam.topic + COMPRESSED_SUFFIX if compressed else cam.topic, qos)
+            for cam in self.cameras
+        ]
+        self.reward_pub = self.create_publisher(Float32, "~/reward", state_qos())
+        self.success_pub = self.create_publisher(Bool, "~/success", state_qos())
+        self.diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", state_qos())
+        self.clock_pub = None if self.real_time else self.create_publisher(Clock, "/clock", state_qos())
+        for index, arm in enumerate(self.profile.arms):
+            self.create_subscription(JointTrajectory, arm.command_topic,
+                                     lambda msg, i=index: self.on_command(i, msg), state_qos())
+        self.create_service(Trigger, "~/reset", self.on_reset)
+        self.next_diagnostics = time.monotonic()
+        self.reset_episode()
+
+    # --- episode and commands -------------------------------------------------------------
+
+    def reset_episode(self) -> int:
+        self.episode += 1
+        seed = self.params["seed"] + self.episode
+        self.observation = self.sim.reset(seed)
+        self.held = self.observation["qpos"].copy()
+        self.plans: list[ArmPlan | None] = [None] * len(self.profile.arms)
+        self.reward, self.success = 0.0, False
+        self.get_logger().info(f"episode {self.episode} ({self.params['task']}, seed {seed})")
+        return seed
+
+    def on_reset(self, request, response):
+        try:
+            seed = self.reset_episode()
+        except Exception as exc:  # report instead of taking the node down
+            response.success, response.message = False, f"reset failed: {exc}"
+            return response
+        response.success, response.message = True, f"episode {self.episode} seed {seed}"
+        return response
+
+    def on_command(self, arm_index: int, msg: JointTrajectory) -> None:
+        arm = self.profile.arms[arm_index]
+        try:
+            times, targets = convert.trajectory_to_arm_targets(self.profile, arm, msg)
+            part = self.profile.arm_slice(arm_index)
+            lower, upper = self.profile.position_lower[part], self.profile.position_upper[part]
+            outside = np.argwhere((targets < lower - 1e-9) | (targets > upper + 1e-9))
+            if outside.size:
+                point, joint = outside[0]
+                raise ValueError(
+                    f"point {point} joint {self.profile.vector_names[part][joint]} = {targets[point, joint]:.4f} "
+                    f"is outside the limits [{lower[joint]:.4f}, {upper[joint]:.4f}] (gripper normalised)")
+        except Exception as exc:  # any malformed message is reported and ignored
+            self.rejected_commands += 1
+            self.last_rejection = f"{arm.command_topic}: {exc}"
+            self.get_logger().warning(f"ignored command: {self.last_rejection}")
+            return
+        current = self.observation["qpos"][self.profile.arm_slice(arm_index)]
+        self.plans[arm_index] = ArmPlan.from_trajectory(self.clock_time, current, times, targets)
+        self.accepted_commands += 1
+
+    def action(self) -> np.ndarray:
+        """The 14 joint targets for this step: the arms' plans, or what each arm last held."""
+        for index, plan in enumerate(self.plans):
+            if plan is not None:
+                self.held[self.profile.arm_slice(index)] = plan.sample(self.clock_time)
+        return self.held.copy()
+
+    # --- stepping and publishing ----------------------------------------------------------
+
+    def step(self) -> None:
+        self.clock_time += SIM_DT
+        try:
+            self.observation, self.reward, self.success = self.sim.step(self.action())
+        except Exception as exc:  # a physics failure must not end the node: start a new episode
+            self.sim_errors += 1
+            self.get_logger().error(f"simulation step failed ({exc}); resetting the episode")
+            self.reset_episode()
+        self.steps += 1
+        self.publish()
+
+    def stamp(self):
+        if self.real_time:
+            return self.get_clock().now().to_msg()
+        return convert.seconds_to_time(self.clock_time)
+
+    def publish(self) -> None:
+        stamp = self.stamp()
+        if self.clock_pub is not None:
+            self.clock_pub.publish(Clock(clock=stamp))
+        qpos, qvel = self.observation["qpos"], self.observation["qvel"]
+        for index, arm in enumerate(self.profile.arms):
+            part = self.profile.arm_slice(index)
+            self.joint_state_pubs[index].publish(convert.arm_joint_state(
+                self.profile, arm, qpos[part], qvel[part], stamp, self.params["mirror_finger_joint"]))
+        for cam, pub in zip(self.cameras, self.image_pubs):
+            pixels = self.observation["images"][SIM_CAMERA_FOR_PROFILE_CAMERA[cam.name]]
+            if self.params["image_format"] == "jpeg":
+                msg = convert.array_to_compressed(pixels, "jpeg", stamp, cam.name, self.params["jpeg_quality"])
+            else:
+                msg = convert.array_to_image(pixels, "rgb8", stamp, cam.name)
+            pub.publish(msg)
+        self.reward_pub.publish(Float32(data=float(self.reward)))
+        self.success_pub.publish(Bool(data=bool(self.success)))
+        if time.monotonic() >= self.next_diagnostics:
+            self.next_diagnostics = time.monotonic() + self.params["diagnostics_period"]
+            self.publish_diagnostics(stamp)
+
+    def publish_diagnostics(self, stamp) -> None:
+        problems = self.rejected_commands or self.sim_errors
+        status = DiagnosticStatus(
+            level=DiagnosticStatus.WARN if problems else DiagnosticStatus.OK,
+            name="sim_node: simulation",
+            hardware_id=f"gym_aloha/{self.sim.task_name}",
+            message=self.last_rejection or "running",
+        )
+        status.values = [KeyValue(key=k, value=str(v)) for k, v in (
+            ("episode", self.episode), ("steps", self.steps), ("sim_time", f"{self.clock_time:.2f}"),
+            ("reward", self.reward), ("success", self.success),
+            ("accepted_commands", self.accepted_commands), ("rejected_commands", self.rejected_commands),
+            ("sim_errors", self.sim_errors), ("overruns", self.overruns),
+            ("real_time", self.real_time))]
+        self.diagnostics_pub.publish(DiagnosticArray(header=convert.make_header(stamp), status=[status]))
+
+    def run(self, executor) -> None:
+        """Step until shutdown: on a wall-clock schedule, or as fast as possible."""
+        period = 1.0 / self.params["rate"]
+        next_tick = time.monotonic()
+        context = self.context
+        while context.ok():
+            try:
+                self.step()
+            except Exception:
+                if context.ok():
+                    raise
+                break  # shut down (Ctrl-C) in the middle of publishing
+            if not self.real_time:
+                for _ in range(4):  # serve commands and service calls between steps
+                    executor.spin_once(timeout_sec=0.0)
+                continue
+            next_tick += period
+            now = time.monotonic()
+            if now > next_tick + period:  # fell behind: do not try to catch up with a burst
+                self.overruns += 1
+                next_tick = now
+            while context.ok() and (remaining := next_tick - time.monotonic()) > 0:
+                executor.spin_once(timeout_sec=remaining)
+
+
+def main(argv: list[str] | None = None) -> int:
+    rclpy.init(args=argv if argv is not None else sys.argv)
+    node = None
+    try:
+        try:
+            node = SimNode()
+        except (ParameterError, ProfileError, ValueError) as exc:  # bad configuration: say which
+            print(f"sim_node: {exc}", file=sys.stderr)
+            return 2
+        executor = SingleThreadedExecutor()
+        executor.add_node(node)
+        node.run(executor)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
