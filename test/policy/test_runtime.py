@@ -1,0 +1,193 @@
+"""PolicyRuntime: input validation, 1 vs N steps, determinism, prefix reuse, thread safety."""
+
+import json
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from vla_ros.policy import bench
+from vla_ros.policy.checkpoint import CheckpointError, build_random_policy, save_checkpoint
+from vla_ros.policy.runtime import PolicyRuntime
+from vla_ros.robot.profile import load_profile
+
+CAMERAS = ("cam_high", "cam_left_wrist", "cam_right_wrist")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    policy = build_random_policy("tiny", load_profile("aloha_stationary"), CAMERAS, seed=2)
+    torch.nn.init.normal_(policy.head.velocity_out.weight, std=0.3)
+    return save_checkpoint(policy, tmp_path_factory.mktemp("runtime") / "ckpt")
+
+
+@pytest.fixture
+def runtime(checkpoint):
+    runtime = PolicyRuntime(checkpoint, deterministic=True)
+    runtime.set_instruction("hand over the cube")
+    return runtime
+
+
+def _observation(seed=0, shapes=None):
+    rng = np.random.default_rng(seed)
+    shapes = shapes or {key: (48, 64) for key in CAMERAS}
+    images = {key: rng.integers(0, 256, (*hw, 3), dtype=np.uint8) for key, hw in shapes.items()}
+    return images, rng.uniform(-0.5, 0.5, 14)
+
+
+def test_predict_returns_a_denormalised_float64_chunk(runtime):
+    images, state = _observation()
+    chunk = runtime.predict(images, state)
+    assert chunk.shape == (10, 14) and chunk.dtype == np.float64 and np.isfinite(chunk).all()
+    assert np.array_equal(runtime.predict(images, state), chunk)  # deterministic mode: zero noise
+    chunk[:] = 0.0  # the caller owns the array: it must not alias the runtime's buffers
+    assert not np.array_equal(runtime.predict(images, state), chunk)
+
+
+def test_invalid_observations_are_rejected_with_clear_messages(runtime):
+    images, state = _observation()
+    bad_cases = [
+        ({k: v for k, v in images.items() if k != "cam_left_wrist"}, state, r"missing camera images \['cam_left_wrist'\]"),
+        ({**images, "cam_high": images["cam_high"].astype(np.float32)}, state, "camera 'cam_high'.*uint8.*float32"),
+        ({**images, "cam_high": images["cam_high"][..., 0]}, state, r"camera 'cam_high'.*\(48, 64\)"),
+        ({**images, "cam_high": images["cam_high"][..., :1]}, state, r"camera 'cam_high'.*\(48, 64, 1\)"),
+        ({**images, "cam_high": "frame.png"}, state, "camera 'cam_high'.*str"),
+        ([images["cam_high"]], state, "mapping"),
+        (images, state[:13], r"state must have shape \(14,\)"),
+        (images, np.where(np.arange(14) == 6, np.nan, state), r"non-finite values in \['left_gripper'\]"),
+        (images, ["a"] * 14, "numeric"),
+    ]
+    for bad_images, bad_state, message in bad_cases:
+        with pytest.raises(ValueError, match=message):
+            runtime.predict(bad_images, bad_state)
+    for steps in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="decoding steps"):
+            runtime.predict(images, state, steps=steps)
+    with pytest.raises(ValueError, match="instruction must be a str"):
+        runtime.set_instruction(None)
+
+
+def test_predict_needs_an_instruction(checkpoint):
+    images, state = _observation()
+    with pytest.raises(RuntimeError, match="set_instruction"):
+        PolicyRuntime(checkpoint).predict(images, state)
+
+
+def test_one_step_by_default_and_n_steps_on_request_with_one_prefix_per_observation(checkpoint, runtime):
+    images, state = _observation()
+    encodes = []
+    encode_pixels = runtime.policy.backbone.encode_pixels
+    runtime.policy.backbone.encode_pixels = lambda *a: encodes.append(1) or encode_pixels(*a)
+    heads = []
+    head_forward = runtime.policy.head.forward
+    runtime.policy.head.forward = lambda *a: heads.append(1) or head_forward(*a)
+    one = runtime.predict(images, state)
+    assert (len(encodes), len(heads)) == (1, 1)
+    ten = runtime.predict(images, state, steps=10)
+    assert (len(encodes), len(heads)) == (2, 11)  # the prefix once, the head once per step
+    assert not np.allclose(one, ten)
+    configured = PolicyRuntime(checkpoint, deterministic=True, steps=10)
+    configured.set_instruction("hand over the cube")
+    assert np.array_equal(configured.predict(images, state), ten)
+
+
+def test_instruction_is_tokenized_once_for_many_predicts(runtime, monkeypatch):
+    calls = []
+    tokenize = runtime.policy.backbone.tokenize
+    monkeypatch.setattr(runtime.policy.backbone, "tokenize", lambda texts: calls.append(texts) or tokenize(texts))
+    runtime.set_instruction("open the drawer")
+    images, state = _observation()
+    for _ in range(3):
+        runtime.predict(images, state)
+    assert calls == [["open the drawer"]]
+    assert runtime.instruction == "open the drawer"
+
+
+def test_noise_is_seeded_per_runtime(checkpoint):
+    images, state = _observation()
+    chunks = []
+    for seed in (0, 0, 1):
+        runtime = PolicyRuntime(checkpoint, seed=seed)
+        runtime.set_instruction("hand over the cube")
+        chunks.append([runtime.predict(images, state) for _ in range(2)])
+    assert np.array_equal(chunks[0][0], chunks[1][0]) and np.array_equal(chunks[0][1], chunks[1][1])
+    assert not np.array_equal(chunks[0][0], chunks[0][1])  # fresh noise every call
+    assert not np.array_equal(chunks[0][0], chunks[2][0])
+
+
+def test_cameras_of_different_sizes_are_preprocessed_in_camera_order(runtime):
+    shapes = {"cam_high": (48, 64), "cam_left_wrist": (30, 40), "cam_right_wrist": (48, 64)}
+    images, _ = _observation(shapes=shapes)
+    with torch.inference_mode():
+        pixels = runtime._pixels([images[key] for key in CAMERAS])
+        for index, key in enumerate(CAMERAS):
+            expected = runtime.policy.backbone.preprocess(torch.from_numpy(images[key])[None])
+            torch.testing.assert_close(pixels[index:index + 1], expected)
+
+
+def test_concurrent_predicts_equal_serial_ones(runtime):
+    observations = [_observation(seed) for seed in range(6)]
+    serial = [runtime.predict(images, state) for images, state in observations]
+    results = {}
+
+    def worker(worker_id):
+        for index in range(worker_id % 2, len(observations), 2):
+            results[(worker_id, index)] = runtime.predict(*observations[index])
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(results) == 12
+    for (_, index), chunk in results.items():
+        assert np.array_equal(chunk, serial[index])
+
+
+def test_runtime_checks_the_robot_profile(runtime):
+    runtime.check_compatible(load_profile("aloha_stationary"))
+    with pytest.raises(CheckpointError, match="aloha_sim"):
+        runtime.check_compatible(load_profile("aloha_sim"))
+
+
+def test_bench_prints_latency_json(capsys):
+    assert bench.main(["--repeats", "3", "--warmup", "1", "--cameras", "1", "2", "--steps", "1", "3"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    per_cameras = report["cpu"]["per_cameras"]
+    assert set(per_cameras) == {"1", "2"}
+    for result in per_cameras.values():
+        assert set(result) == {"prefix_only", "steps_1", "steps_3", "one_step_over_prefix"}
+        assert result["steps_3"]["n"] == 3 and result["steps_1"]["p50_ms"] <= result["steps_1"]["p99_ms"]
+    assert report["cuda"] == "no CUDA device" or "peak_gpu_memory_gb" in report["cuda"]
+
+
+def test_bfloat16_runtime_stays_close_to_float32(checkpoint):
+    images, state = _observation()
+    chunks = []
+    for dtype in (torch.float32, torch.bfloat16):
+        runtime = PolicyRuntime(checkpoint, deterministic=True, dtype=dtype)
+        runtime.set_instruction("hand over the cube")
+        chunks.append(runtime.predict(images, state, steps=3))
+    scale = load_profile("aloha_stationary").position_upper - load_profile("aloha_stationary").position_lower
+    assert np.abs(chunks[1] - chunks[0]).max() < 0.05 * scale.max()
+    assert not np.array_equal(chunks[1], chunks[0])
+
+
+@pytest.mark.slow
+def test_compiled_fixed_shape_path_matches_eager(checkpoint):
+    """The torch.compile path the runtime uses on CUDA (there with CUDA graphs), traced here on CPU."""
+    images, state = _observation()
+    eager = PolicyRuntime(checkpoint, deterministic=True)
+    compiled = PolicyRuntime(checkpoint, deterministic=True, compile=True)
+    for runtime in (eager, compiled):
+        runtime.set_instruction("hand over the cube")
+    np.testing.assert_allclose(compiled.predict(images, state), eager.predict(images, state), rtol=0, atol=1e-4)

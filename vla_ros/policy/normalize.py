@@ -1,0 +1,151 @@
+"""Normalisation of robot state and actions from dataset statistics.
+
+The flow head works in normalised units (noise is N(0, I), so actions must be of order one). Two
+modes, chosen per checkpoint:
+- "mean_std": x_n = (x - mean) / max(std, eps)
+- "min_max":  x_n = (x - (max + min) / 2) / max((max - min) / 2, eps), i.e. [min, max] -> [-1, 1]
+eps is a floor on the spread: a dim that never moved in the data (std 0) would otherwise turn
+tiny run-time deviations into huge inputs.
+
+The raw statistics (mean, std, min, max of state and action) are what is stored (stats.json,
+float64 as JSON numbers, which round-trip exactly); the normaliser derives centre and scale.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+MODES = ("mean_std", "min_max")
+STAT_KEYS = ("mean", "std", "min", "max")
+
+
+class StatsError(ValueError):
+    """Statistics that are missing, malformed or inconsistent."""
+
+
+def _vector_stats(values: np.ndarray, what: str) -> dict[str, np.ndarray]:
+    values = np.asarray(values, dtype=np.float64)
+    if values.ndim < 1 or values.size == 0:
+        raise StatsError(f"{what}: need a non-empty array (..., D), got shape {values.shape}")
+    flat = values.reshape(-1, values.shape[-1])
+    if not np.isfinite(flat).all():
+        raise StatsError(f"{what}: contains non-finite values")
+    return {"mean": flat.mean(0), "std": flat.std(0), "min": flat.min(0), "max": flat.max(0)}
+
+
+@dataclass
+class NormStats:
+    """Per-dim statistics of state and action and how to normalise with them."""
+
+    state: dict[str, np.ndarray]
+    action: dict[str, np.ndarray]
+    mode: str = "mean_std"
+    eps: float = 1e-2
+    extra: dict = field(default_factory=dict)  # provenance, e.g. {"source": "profile limits"}
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise StatsError(f"normalisation mode must be one of {MODES}, got '{self.mode}'")
+        if not (isinstance(self.eps, (int, float)) and math.isfinite(self.eps) and self.eps > 0):
+            raise StatsError(f"eps must be a positive number, got {self.eps!r}")
+        for name, stats in (("state", self.state), ("action", self.action)):
+            missing = [k for k in STAT_KEYS if k not in stats]
+            if missing:
+                raise StatsError(f"{name} statistics lack {missing}")
+            arrays = {k: np.asarray(stats[k], dtype=np.float64) for k in STAT_KEYS}
+            dims = {a.shape for a in arrays.values()}
+            if len(dims) != 1 or len(next(iter(dims))) != 1:
+                raise StatsError(f"{name} statistics must be 1-D vectors of one length, got shapes {dims}")
+            if not all(np.isfinite(a).all() for a in arrays.values()):
+                raise StatsError(f"{name} statistics contain non-finite values")
+            stats.update(arrays)
+
+    @property
+    def state_dim(self) -> int:
+        return int(self.state["mean"].shape[0])
+
+    @property
+    def action_dim(self) -> int:
+        return int(self.action["mean"].shape[0])
+
+    @classmethod
+    def from_arrays(cls, states: np.ndarray, actions: np.ndarray, mode: str = "mean_std",
+                    eps: float = 1e-2) -> "NormStats":
+        """Statistics of states (..., Ds) and actions (..., Da), e.g. a whole dataset in memory."""
+        return cls(_vector_stats(states, "states"), _vector_stats(actions, "actions"), mode, eps)
+
+    def center_scale(self, which: str) -> tuple[np.ndarray, np.ndarray]:
+        stats = self.state if which == "state" else self.action
+        if self.mode == "mean_std":
+            center, spread = stats["mean"], stats["std"]
+        else:
+            center, spread = (stats["max"] + stats["min"]) / 2.0, (stats["max"] - stats["min"]) / 2.0
+        return center, np.maximum(spread, self.eps)
+
+    def to_json(self) -> dict:
+        return {
+            "mode": self.mode,
+            "eps": self.eps,
+            "state": {k: self.state[k].tolist() for k in STAT_KEYS},
+            "action": {k: self.action[k].tolist() for k in STAT_KEYS},
+            "extra": self.extra,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict) -> "NormStats":
+        try:
+            return cls(
+                state={k: np.asarray(data["state"][k], dtype=np.float64) for k in STAT_KEYS},
+                action={k: np.asarray(data["action"][k], dtype=np.float64) for k in STAT_KEYS},
+                mode=data["mode"], eps=data["eps"], extra=dict(data.get("extra", {})),
+            )
+        except (KeyError, TypeError) as error:
+            raise StatsError(f"malformed statistics: missing or invalid {error}") from error
+        except ValueError as error:
+            raise StatsError(f"malformed statistics: {error}") from error
+
+    def save(self, path: str | os.PathLike) -> None:
+        Path(path).write_text(json.dumps(self.to_json(), indent=1))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "NormStats":
+        path = Path(path)
+        if not path.is_file():
+            raise StatsError(f"{path}: statistics file is missing")
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as error:
+            raise StatsError(f"{path}: not valid JSON ({error})") from error
+        try:
+            return cls.from_json(data)
+        except StatsError as error:
+            raise StatsError(f"{path}: {error}") from error
+
+
+class Normalizer(nn.Module):
+    """Applies NormStats on the model's device; centre/scale are buffers saved with the weights."""
+
+    def __init__(self, stats: NormStats):
+        super().__init__()
+        self.mode = stats.mode
+        for which in ("state", "action"):
+            center, scale = stats.center_scale(which)
+            self.register_buffer(f"{which}_center", torch.tensor(center, dtype=torch.float32))
+            self.register_buffer(f"{which}_scale", torch.tensor(scale, dtype=torch.float32))
+
+    def normalize_state(self, state: torch.Tensor) -> torch.Tensor:
+        return (state - self.state_center) / self.state_scale
+
+    def normalize_action(self, action: torch.Tensor) -> torch.Tensor:
+        return (action - self.action_center) / self.action_scale
+
+    def denormalize_action(self, action: torch.Tensor) -> torch.Tensor:
+        return action * self.action_scale + self.action_center

@@ -1,0 +1,154 @@
+"""Backbone configurations built in code, so that tests, demos and benchmarks need no download.
+
+Each preset is a real transformers model class (PaliGemma = SigLIP + Gemma, Idefics3 = the
+SmolVLM architecture) with a configuration chosen here, plus a word-level tokenizer trained
+in-process in milliseconds. `save_backbone` writes a preset to a directory laid out exactly like a
+downloaded model (config.json, model.safetensors, tokenizer files, preprocessor_config.json), so
+tests exercise the same `from_pretrained(local_dir)` path as a real pretrained backbone.
+
+Presets:
+- "tiny":          PaliGemma, 32x32 images, 16 image tokens, 3 Gemma layers of width 32.
+- "tiny-smolvlm":  Idefics3, 32x32 images, 4 image tokens after the pixel shuffle, 3 Llama layers.
+- "1.4b":          PaliGemma with SigLIP-So400m-sized vision (27 layers, 224x224) and 4 Gemma-2B
+                   sized layers (the paper's 1.4B variant); random weights, for benchmarks only.
+                   It uses the tiny word-level tokenizer: weights are random, so a real
+                   tokenizer would add nothing but a download.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch  # noqa: E402
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors, trainers  # noqa: E402
+from transformers import (  # noqa: E402
+    GemmaConfig,
+    Idefics3Config,
+    Idefics3ForConditionalGeneration,
+    LlamaConfig,
+    PaliGemmaConfig,
+    PaliGemmaForConditionalGeneration,
+    PreTrainedConfig,
+    PreTrainedTokenizerFast,
+    SiglipVisionConfig,
+)
+
+PAD, UNK, BOS, EOS, IMAGE = "<pad>", "<unk>", "<bos>", "<eos>", "<image>"
+SPECIAL_TOKENS = (PAD, UNK, BOS, EOS, IMAGE)
+
+# Words of typical manipulation instructions; anything else maps to <unk>.
+_INSTRUCTION_WORDS = """
+a an the and then with to from of on in into onto off up down left right top bottom front back
+pick place put move push pull open close grasp release lift lower insert transfer hand over take
+cube block peg socket cup bowl plate box lid drawer door bottle towel sponge tape object it
+red green blue yellow black white small large arm arms gripper both other side table center
+""".split()
+
+
+def build_tokenizer() -> PreTrainedTokenizerFast:
+    """A lower-casing word-level tokenizer that prepends <bos>, trained in-process (no files)."""
+    tokenizer = Tokenizer(models.WordLevel(unk_token=UNK))
+    tokenizer.normalizer = normalizers.Lowercase()
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    trainer = trainers.WordLevelTrainer(special_tokens=list(SPECIAL_TOKENS), min_frequency=1)
+    tokenizer.train_from_iterator([_INSTRUCTION_WORDS], trainer=trainer)
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single=f"{BOS} $A", special_tokens=[(BOS, tokenizer.token_to_id(BOS))]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, pad_token=PAD, unk_token=UNK, bos_token=BOS, eos_token=EOS,
+        extra_special_tokens={"image_token": IMAGE},
+    )
+
+
+@dataclass(frozen=True)
+class BackbonePreset:
+    family: str
+    config: PreTrainedConfig
+    image_mean: tuple[float, float, float]
+    image_std: tuple[float, float, float]
+
+
+def _paligemma(vision: dict, text: dict, vocab_size: int, image_token_id: int) -> PaliGemmaConfig:
+    return PaliGemmaConfig(
+        vision_config=SiglipVisionConfig(**vision).to_dict(),
+        text_config=GemmaConfig(vocab_size=vocab_size, **text).to_dict(),
+        projection_dim=text["hidden_size"],
+        image_token_id=image_token_id,
+    )
+
+
+def build_preset(name: str, tokenizer: PreTrainedTokenizerFast | None = None) -> BackbonePreset:
+    """The named backbone configuration (weights are not created here)."""
+    tokenizer = tokenizer or build_tokenizer()
+    vocab = len(tokenizer)
+    image_token_id = tokenizer.convert_tokens_to_ids(IMAGE)
+    siglip_norm = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+    if name == "tiny":
+        config = _paligemma(
+            vision=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                        image_size=32, patch_size=8),
+            text=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2,
+                      num_key_value_heads=1, head_dim=16),
+            vocab_size=vocab, image_token_id=image_token_id,
+        )
+        return BackbonePreset("paligemma", config, *siglip_norm)
+    if name == "tiny-smolvlm":
+        config = Idefics3Config(
+            vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                               image_size=32, patch_size=8),
+            text_config=LlamaConfig(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                                    num_attention_heads=2, num_key_value_heads=1, head_dim=16,
+                                    pad_token_id=tokenizer.pad_token_id).to_dict(),
+            scale_factor=2,
+            image_token_id=image_token_id,
+        )
+        return BackbonePreset("idefics3", config, *siglip_norm)
+    if name == "1.4b":
+        config = _paligemma(
+            vision=dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27, num_attention_heads=16,
+                        image_size=224, patch_size=14),
+            text=dict(hidden_size=2048, intermediate_size=16384, num_hidden_layers=4, num_attention_heads=8,
+                      num_key_value_heads=1, head_dim=256),
+            vocab_size=257152, image_token_id=image_token_id,
+        )
+        return BackbonePreset("paligemma", config, *siglip_norm)
+    raise ValueError(f"unknown backbone preset '{name}' (one of: {', '.join(PRESET_NAMES)})")
+
+
+PRESET_NAMES = ("tiny", "tiny-smolvlm", "1.4b")
+_MODEL_CLASSES = {"paligemma": PaliGemmaForConditionalGeneration, "idefics3": Idefics3ForConditionalGeneration}
+
+
+def save_preprocessor(directory: Path, family: str, image_size: int, mean, std) -> None:
+    """preprocessor_config.json as the family's image processor writes it (PIL variants: no torchvision)."""
+    if family == "paligemma":
+        from transformers import SiglipImageProcessorPil as Processor
+
+        processor = Processor(size={"height": image_size, "width": image_size}, image_mean=list(mean),
+                              image_std=list(std))
+    else:
+        from transformers import Idefics3ImageProcessorPil as Processor
+
+        processor = Processor(size={"longest_edge": image_size}, max_image_size={"longest_edge": image_size},
+                              image_mean=list(mean), image_std=list(std))
+    processor.save_pretrained(directory)
+
+
+def save_backbone(name: str, directory: str | os.PathLike, seed: int = 0) -> Path:
+    """Write preset `name` with random weights (seeded) as a local pretrained-model directory."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer()
+    preset = build_preset(name, tokenizer)
+    torch.manual_seed(seed)
+    model = _MODEL_CLASSES[preset.family](preset.config)
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    save_preprocessor(directory, preset.family, preset.config.vision_config.image_size, preset.image_mean,
+                      preset.image_std)
+    return directory
