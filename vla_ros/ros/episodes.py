@@ -1,0 +1,271 @@
+"""Closed-loop episodes in simulation, run THROUGH ROS: sim_node and policy_node as separate
+processes on an isolated ROS domain, driven by an in-process client over DDS.
+
+Shared by `vla-ros demo` (one episode, a summary) and `vla-ros sim-eval` (many episodes, success
+rates). The client only does what an operator would: reset the episode (sim_node ~/reset), arm the
+policy (policy_node ~/enable), watch success, commands and /diagnostics, disarm.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from diagnostic_msgs.msg import DiagnosticArray
+from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import Bool, Float32
+from std_srvs.srv import SetBool, Trigger
+from trajectory_msgs.msg import JointTrajectory
+
+from vla_ros.robot.profile import load_profile
+from vla_ros.ros.qos import image_qos
+from vla_ros.ros.testing import NodeProcess, Probe, module_command, ros_context
+
+NODE_MODULES = {"sim_node": "vla_ros.ros.sim_node", "policy_node": "vla_ros.ros.policy_node"}
+
+
+def node_command(executable: str) -> list[str]:
+    """The installed console script (what the launch files start), else `python -m` the module."""
+    installed = shutil.which(executable, path=str(Path(sys.executable).parent))
+    return [installed] if installed else module_command(NODE_MODULES[executable])
+
+
+@dataclass
+class SessionConfig:
+    checkpoint: str
+    profile: str = "aloha_sim"
+    task: str = "transfer_cube"
+    instruction: str = "transfer the cube to the left arm"
+    steps: int = 0  # decoding steps; 0 = the checkpoint's recommended
+    seed: int = 0  # episode k of the session uses seed + k (sim_node's convention)
+    episode_steps: int = 400  # 8 s at 50 Hz, the gym-aloha episode length
+    image_width: int = 640
+    image_height: int = 480
+    deterministic: bool = False
+    soft_start_time: float = 0.2
+    video_path: str = ""  # write cam_high of the first episode to this mp4
+    startup_timeout: float = 120.0
+
+
+@dataclass
+class EpisodeResult:
+    episode: int
+    seed: int
+    success: bool
+    max_reward: float
+    steps: int
+    time_to_success_s: float | None
+    commands_published: int
+    diagnostics: dict = field(default_factory=dict)
+
+
+def _parse_value(text: str):
+    """DiagnosticStatus values are strings; numbers come back as numbers."""
+    try:
+        return float(text) if any(c in text for c in ".en") else int(text)
+    except ValueError:
+        return text
+
+
+def _diagnostic_values(msg: DiagnosticArray, prefix: str) -> dict | None:
+    for status in msg.status:
+        if status.name.startswith(prefix):
+            return {kv.key: _parse_value(kv.value) for kv in status.values}
+    return None
+
+
+class SimSession:
+    """sim_node + policy_node on a reserved ROS domain; use as a context manager."""
+
+    def __init__(self, config: SessionConfig):
+        self.config = config
+        self.profile = load_profile(config.profile)
+        self._stack = contextlib.ExitStack()
+        self.episodes_run = 0
+
+    def __enter__(self) -> SimSession:
+        from domain_coordinator import domain_id
+
+        try:
+            self.domain = int(self._stack.enter_context(domain_id()))
+            env = {"ROS_DOMAIN_ID": str(self.domain), "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST"}
+            os.environ.update(env)
+            cfg = self.config
+            self.sim = self._stack.enter_context(NodeProcess(
+                node_command("sim_node"), domain_id=self.domain, env=env,
+                params={"profile": cfg.profile, "task": cfg.task, "seed": cfg.seed,
+                        "image_width": cfg.image_width, "image_height": cfg.image_height}))
+            self.policy = self._stack.enter_context(NodeProcess(
+                node_command("policy_node"), domain_id=self.domain, env=env,
+                params={"profile": self._profile_for_policy(), "checkpoint": cfg.checkpoint,
+                        "instruction": cfg.instruction, "steps": cfg.steps,
+                        "deterministic": cfg.deterministic, "soft_start_time": cfg.soft_start_time}))
+            context = self._stack.enter_context(ros_context(self.domain))
+            self.probe = self._stack.enter_context(Probe(context, "sim_session_client"))
+            self._subscribe()
+            self._wait_until_ready()
+        except BaseException:
+            self._stack.close()
+            raise
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self._stack.close()
+
+    def _profile_for_policy(self) -> str:
+        """The policy node must see the camera size sim_node publishes: a derived profile when the
+        size differs from the profile's (written next to nothing the user owns: a temp file)."""
+        camera = self.profile.cameras[0]
+        if (camera.width, camera.height) == (self.config.image_width, self.config.image_height):
+            return self.profile.source
+        import tempfile
+
+        import yaml
+
+        cameras = [{"name": c.name, "topic": c.topic, "width": self.config.image_width,
+                    "height": self.config.image_height} for c in self.profile.cameras]
+        path = Path(self._stack.enter_context(tempfile.TemporaryDirectory())) / "session_profile.yaml"
+        path.write_text(yaml.safe_dump({"extends": self.profile.source, "name": self.profile.name,
+                                        "cameras": cameras}))
+        return str(path)
+
+    def _subscribe(self) -> None:
+        self.success_msgs = self.probe.subscribe(Bool, "/sim_node/success")
+        self.reward_msgs = self.probe.subscribe(Float32, "/sim_node/reward")
+        self.joint_msgs = self.probe.subscribe(JointState, self.profile.arms[0].joint_states_topic)
+        self.command_msgs = self.probe.subscribe(JointTrajectory, self.profile.arms[0].command_topic)
+        self.diagnostic_msgs = self.probe.subscribe(DiagnosticArray, "/diagnostics")
+        self.image_msgs = (self.probe.subscribe(Image, self.profile.cameras[0].topic, image_qos())
+                           if self.config.video_path else None)
+
+    def _wait_until_ready(self) -> None:
+        timeout = self.config.startup_timeout
+        self.probe.wait_for(lambda: len(self.joint_msgs) > 0, timeout, "sim_node joint states", self.sim)
+        self.probe.wait_for(lambda: self.policy_diagnostics() is not None, timeout,
+                            "policy_node diagnostics", self.policy)
+        loaded = self.policy_diagnostics().get("policy_loaded")
+        if loaded != "True":  # booleans stay strings
+            raise RuntimeError(f"policy_node did not load the policy: {self.policy_diagnostics().get('load_error')}")
+
+    def policy_diagnostics(self) -> dict | None:
+        for msg in reversed(self.diagnostic_msgs):
+            values = _diagnostic_values(msg, "policy_node")
+            if values is not None:
+                return values
+        return None
+
+    def _call(self, srv_type, name: str, request, process: NodeProcess):
+        return self.probe.call(srv_type, name, request, timeout=30.0, process=process)
+
+    def run_episode(self) -> EpisodeResult:
+        """Reset, arm, run episode_steps simulation steps, disarm; nothing else touches the arms."""
+        cfg, index = self.config, self.episodes_run
+        self._call(SetBool, "/policy_node/enable", SetBool.Request(data=False), self.policy)
+        reset = self._call(Trigger, "/sim_node/reset", Trigger.Request(), self.sim)
+        if not reset.success:
+            raise RuntimeError(f"sim_node reset failed: {reset.message}")
+        # Fresh state after the reset before arming, so the ramp starts from the new pose.
+        self.joint_msgs.clear()
+        self.probe.wait_for(lambda: len(self.joint_msgs) >= 3, 30.0, "joint states after reset", self.sim)
+        deadline = time.monotonic() + 30.0
+        while True:
+            enabled = self._call(SetBool, "/policy_node/enable", SetBool.Request(data=True), self.policy)
+            if enabled.success or time.monotonic() > deadline:
+                break
+            self.probe.spin_for(0.1)  # e.g. the first camera frame after the reset is still on its way
+        if not enabled.success:
+            raise RuntimeError(f"policy_node refused to arm: {enabled.message}")
+        self.joint_msgs.clear()
+        self.success_msgs.clear()
+        self.reward_msgs.clear()
+        self.command_msgs.clear()
+        if self.image_msgs is not None:
+            self.image_msgs.clear()
+        started = time.monotonic()
+        success_at = None
+        while len(self.joint_msgs) < cfg.episode_steps:
+            self.probe.wait_for(lambda n=len(self.joint_msgs): len(self.joint_msgs) > n, 30.0,
+                                "simulation steps", self.sim)
+            if success_at is None and any(m.data for m in self.success_msgs):
+                success_at = len(self.joint_msgs) * self.profile.dt
+            if not self.policy.alive():
+                raise RuntimeError(f"policy_node died:\n{self.policy.report()}")
+        self._call(SetBool, "/policy_node/enable", SetBool.Request(data=False), self.policy)
+        self.probe.spin_for(max(1.1 - (time.monotonic() - started) % 1.0, 0.0))  # one more diagnostics
+        result = EpisodeResult(
+            episode=index, seed=cfg.seed + reset_index(reset.message, index),
+            success=success_at is not None or any(m.data for m in self.success_msgs),
+            max_reward=max((m.data for m in self.reward_msgs), default=0.0),
+            steps=len(self.joint_msgs), time_to_success_s=success_at,
+            commands_published=len(self.command_msgs), diagnostics=self.policy_diagnostics() or {})
+        if self.image_msgs is not None and index == 0:
+            write_video(cfg.video_path, self.image_msgs, self.profile.control_rate_hz)
+        self.episodes_run += 1
+        return result
+
+
+def reset_index(message: str, fallback: int) -> int:
+    """sim_node answers 'episode K seed S'; the seed offset of this session is K."""
+    words = message.split()
+    try:
+        return int(words[words.index("episode") + 1])
+    except (ValueError, IndexError):
+        return fallback
+
+
+def write_video(path: str, messages: list, fps: float) -> None:
+    """cam_high frames of an episode -> mp4 (h264) for a person to look at."""
+    import av
+
+    from vla_ros.robot.decode import image_to_array
+
+    if not messages:
+        return
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    frames = [image_to_array(m) for m in messages]
+    height, width = frames[0].shape[:2]
+    with av.open(path, "w") as container:
+        stream = container.add_stream("libx264", rate=int(round(fps)))
+        stream.width, stream.height, stream.pix_fmt = width - width % 2, height - height % 2, "yuv420p"
+        for frame in frames:
+            image = av.VideoFrame.from_ndarray(frame[: stream.height, : stream.width], format="rgb24")
+            for packet in stream.encode(image):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def summarize(results: list[EpisodeResult]) -> dict:
+    """Success rate with a Wilson 95% interval, and the policy node's own figures."""
+    n = len(results)
+    k = sum(r.success for r in results)
+    z = 1.959964
+    if n:
+        p = k / n
+        centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+        half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+        interval = [max(0.0, centre - half), min(1.0, centre + half)]
+    else:
+        interval = [0.0, 1.0]
+    last = results[-1].diagnostics if results else {}
+    interventions = {k.split(":", 1)[1]: v for k, v in last.items() if k.startswith("interventions:")}
+    times = [r.time_to_success_s for r in results if r.time_to_success_s is not None]
+    return {
+        "episodes": n,
+        "successes": k,
+        "success_rate": k / n if n else 0.0,
+        "success_rate_95ci": interval,
+        "mean_time_to_success_s": float(np.mean(times)) if times else None,
+        "commands_published_per_episode": [r.commands_published for r in results],
+        "inference_ms_p50": last.get("inference_ms_p50"),
+        "inference_ms_p99": last.get("inference_ms_p99"),
+        "timer_jitter_ms_p99": last.get("timer_jitter_ms_p99"),
+        "safety_interventions": interventions,
+        "per_episode": [asdict(r) | {"diagnostics": None} for r in results],
+    }

@@ -1,0 +1,389 @@
+"""policy_node: runs the one-step VLA policy on live camera and joint-state topics and streams
+safe joint trajectories to the arms at the control rate.
+
+The node only translates messages and owns threads; the decisions live below it:
+- vla_ros.control.Controller gates inputs, executes chunks and applies the safety filter;
+- vla_ros.policy.runtime.PolicyRuntime predicts action chunks.
+
+Threads: subscriptions decode into a latest-value store (their own callback group); the control
+timer (its own group) asks the Controller for one command per tick; inference runs in a plain worker
+thread, never in the timer. The node starts DISARMED and publishes nothing to the arms until
+~/enable is called; enabling ramps from the measured pose.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.node import Node
+from sensor_msgs.msg import CompressedImage, Image, JointState
+from std_msgs.msg import Bool, String
+from std_srvs.srv import SetBool, Trigger
+from trajectory_msgs.msg import JointTrajectory
+
+from vla_ros.control.controller import Controller, ControllerConfig
+from vla_ros.robot import decode
+from vla_ros.robot.profile import ProfileError, load_profile
+from vla_ros.ros import convert
+from vla_ros.ros.params import ParameterError, ParamSpec, declare_parameters
+from vla_ros.ros.qos import image_qos, state_qos
+
+PARAMETERS = (
+    ParamSpec("profile", "aloha_stationary", "robot profile: bundled name (config/<name>.yaml) or a YAML path"),
+    ParamSpec("checkpoint", "", "policy checkpoint directory (required)"),
+    ParamSpec("instruction", "", "language instruction; can be changed live on ~/instruction"),
+    ParamSpec("steps", 0, "decoding steps; 0 = the checkpoint's recommended number", minimum=0, maximum=100),
+    ParamSpec("device", "cpu", "torch device for inference: cpu, cuda or cuda:N"),
+    ParamSpec("torch_threads", 1, "CPU threads for torch; more threads thrash when other processes share the cores",
+              minimum=1, maximum=256),
+    ParamSpec("deterministic", False, "zero initial noise: reproducible chunks (replay comparisons)"),
+    ParamSpec("dry_run", False, "publish trajectories on ~/dry_run/<arm>/joint_trajectory instead of the arms"),
+    ParamSpec("control_rate_hz", 0.0, "control rate in Hz; 0 = the profile's", minimum=0.0, maximum=1000.0),
+    ParamSpec("replan_period", 0.1, "seconds between policy calls (a chunk covers horizon * dt)", minimum=0.0, maximum=10.0),
+    ParamSpec("image_transport", "raw", "camera message type", choices=("raw", "compressed")),
+    ParamSpec("image_qos", "reliable", "camera QoS reliability (best_effort drops large frames over Fast DDS)",
+              choices=("reliable", "best_effort")),
+    ParamSpec("max_joint_state_age", 0.1, "hold when the newest joint state is older (s)", minimum=0.001),
+    ParamSpec("max_camera_age", 0.15, "hold when a camera's newest frame is older (s)", minimum=0.001),
+    ParamSpec("max_camera_spread", 0.1, "hold when camera stamps differ by more (s)", minimum=0.0),
+    ParamSpec("chunk_blend", "ensemble", "how overlapping chunks are blended", choices=("ensemble", "crossfade", "replace")),
+    ParamSpec("soft_start_time", 2.0, "after enable: ramp from the measured pose for this long (s)", minimum=0.0),
+    ParamSpec("soft_start_speed_scale", 0.25, "velocity limit scale while ramping", minimum=0.01, maximum=1.0),
+    ParamSpec("hold_fault_timeout", 2.0, "holding longer than this faults; re-enable needed (s)", minimum=0.01),
+    ParamSpec("velocity_scale", 1.0, "scale on the profile's velocity limits", minimum=0.01, maximum=1.0),
+    ParamSpec("acceleration_scale", 1.0, "scale on the profile's acceleration limits", minimum=0.01, maximum=1.0),
+    ParamSpec("diagnostics_period", 1.0, "seconds between /diagnostics messages", minimum=0.05),
+)
+
+
+def _percentile(values, q: float) -> float:
+    return float(np.percentile(np.asarray(values), q)) if values else float("nan")
+
+
+@dataclass
+class _Inputs:
+    """Latest decoded inputs, shared between subscription callbacks, the timer and the worker."""
+
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    arm_state: dict = field(default_factory=dict)  # arm name -> (stamp, vector)
+    images: dict = field(default_factory=dict)  # camera name -> (stamp, array)
+    errors: dict = field(default_factory=dict)  # kind -> count
+    last_error: str = ""
+
+    def count_error(self, kind: str, text: str) -> None:
+        with self.lock:
+            self.errors[kind] = self.errors.get(kind, 0) + 1
+            self.last_error = text
+
+
+class PolicyNode(Node):
+    def __init__(self, runtime_factory=None):
+        super().__init__("policy_node")
+        self.params = declare_parameters(self, PARAMETERS)
+        self.profile = load_profile(self.params["profile"])
+        rate = self.params["control_rate_hz"] or self.profile.control_rate_hz
+        self.dt = 1.0 / rate
+        self.inputs = _Inputs()
+        self.instruction = self.params["instruction"]
+        self.inference_ms: deque[float] = deque(maxlen=500)
+        self.tick_intervals: deque[float] = deque(maxlen=2000)
+        self.commands_published = 0
+        self._last_tick: float | None = None
+        self._last_state = ""
+        self.load_error = ""
+
+        self.controller = Controller(self.profile, ControllerConfig(
+            dt=self.dt,
+            max_joint_state_age=self.params["max_joint_state_age"],
+            max_camera_age=self.params["max_camera_age"],
+            max_camera_spread=self.params["max_camera_spread"],
+            chunk_blend=self.params["chunk_blend"],
+            soft_start_time=self.params["soft_start_time"],
+            soft_start_speed_scale=self.params["soft_start_speed_scale"],
+            hold_fault_timeout=self.params["hold_fault_timeout"],
+            velocity_scale=self.params["velocity_scale"],
+            acceleration_scale=self.params["acceleration_scale"],
+        ))
+        self.controller_lock = threading.Lock()
+        self.runtime = self._load_runtime(runtime_factory)
+
+        inputs_group = MutuallyExclusiveCallbackGroup()
+        control_group = MutuallyExclusiveCallbackGroup()
+        image_type = Image if self.params["image_transport"] == "raw" else CompressedImage
+        suffix = "" if image_type is Image else "/compressed"
+        for camera in self.profile.cameras:
+            self.create_subscription(image_type, camera.topic + suffix,
+                                     lambda msg, cam=camera: self._on_image(cam, msg),
+                                     image_qos(self.params["image_qos"]), callback_group=inputs_group)
+        for arm in self.profile.arms:
+            self.create_subscription(JointState, arm.joint_states_topic,
+                                     lambda msg, arm=arm: self._on_joint_state(arm, msg),
+                                     state_qos(), callback_group=inputs_group)
+        self.create_subscription(Bool, "~/estop", self._on_estop, state_qos(), callback_group=control_group)
+        self.create_subscription(String, "~/instruction", self._on_instruction, state_qos(), callback_group=inputs_group)
+        self.create_service(SetBool, "~/enable", self._on_enable, callback_group=control_group)
+        self.create_service(Trigger, "~/reset_estop", self._on_reset_estop, callback_group=control_group)
+
+        self.command_publishers = []
+        for arm in self.profile.arms:
+            topic = f"~/dry_run/{arm.name}/joint_trajectory" if self.params["dry_run"] else arm.command_topic
+            self.command_publishers.append(self.create_publisher(JointTrajectory, topic, state_qos()))
+        self.diagnostics_publisher = self.create_publisher(DiagnosticArray, "/diagnostics", state_qos())
+        self.create_timer(self.dt, self._on_tick, callback_group=control_group)
+        self.create_timer(self.params["diagnostics_period"], self._publish_diagnostics, callback_group=control_group)
+
+        self._stop = threading.Event()
+        self._worker = threading.Thread(target=self._inference_loop, name="policy_inference", daemon=True)
+        self._worker.start()
+        self.get_logger().info(
+            f"ready (DISARMED): profile {self.profile.name}, checkpoint '{self.params['checkpoint']}', "
+            f"{rate:g} Hz, cameras {list(self.profile.camera_names)}, dry_run={self.params['dry_run']}; "
+            f"arm with: ros2 service call {self.get_fully_qualified_name()}/enable std_srvs/srv/SetBool '{{data: true}}'")
+
+    # --- setup ------------------------------------------------------------------------------
+
+    def _load_runtime(self, runtime_factory):
+        """Load the checkpoint; on failure keep the node up (diagnostics explain) but never arm."""
+        try:
+            if runtime_factory is None:
+                from vla_ros.policy.runtime import PolicyRuntime
+
+                import torch
+
+                torch.set_num_threads(self.params["torch_threads"])
+                if not self.params["checkpoint"]:
+                    raise ValueError("parameter 'checkpoint' is empty: give a checkpoint directory")
+                runtime = PolicyRuntime(self.params["checkpoint"], device=self.params["device"],
+                                        steps=self.params["steps"] or None,
+                                        deterministic=self.params["deterministic"])
+            else:
+                runtime = runtime_factory(self.params)
+            runtime.check_compatible(self.profile)
+            runtime.set_instruction(self.instruction)
+            return runtime
+        except Exception as exc:  # any load failure must leave a clear, reported reason
+            self.load_error = f"{type(exc).__name__}: {exc}"
+            self.get_logger().error(f"policy not loaded, the node will refuse to arm: {self.load_error}")
+            return None
+
+    # --- inputs -----------------------------------------------------------------------------
+
+    def _on_image(self, camera, msg) -> None:
+        try:
+            array = convert.any_image_to_array(msg)
+            if array.shape != (camera.height, camera.width, 3):
+                raise ValueError(f"expected {camera.height}x{camera.width} RGB, got shape {array.shape} "
+                                 f"(encoding '{getattr(msg, 'encoding', getattr(msg, 'format', '?'))}')")
+            stamp = convert.time_to_seconds(msg.header.stamp)
+        except Exception as exc:  # a bad frame is counted and leaves the camera stale
+            self.inputs.count_error(f"bad_image:{camera.name}", f"camera {camera.name}: {exc}")
+            return
+        with self.inputs.lock:
+            self.inputs.images[camera.name] = (stamp, array)
+
+    def _on_joint_state(self, arm, msg: JointState) -> None:
+        try:
+            vector = decode.joint_state_to_arm_vector(self.profile, arm, msg)
+            stamp = convert.time_to_seconds(msg.header.stamp)
+        except Exception as exc:
+            self.inputs.count_error(f"bad_joint_state:{arm.name}", f"arm {arm.name}: {exc}")
+            return
+        with self.inputs.lock:
+            self.inputs.arm_state[arm.name] = (stamp, vector)
+
+    def _on_instruction(self, msg: String) -> None:
+        self.instruction = msg.data
+        if self.runtime is not None:
+            self.runtime.set_instruction(msg.data)
+        self.get_logger().info(f"instruction: {msg.data!r}")
+
+    def _snapshot(self):
+        """(measured 14-vector or None, joint-state stamps, camera stamps, images) under one lock."""
+        with self.inputs.lock:
+            arm_state = dict(self.inputs.arm_state)
+            images = dict(self.inputs.images)
+        joint_stamps = {arm.name: arm_state[arm.name][0] if arm.name in arm_state else None
+                        for arm in self.profile.arms}
+        camera_stamps = {cam: images[cam][0] if cam in images else None for cam in self.profile.camera_names}
+        measured = None
+        if all(arm.name in arm_state for arm in self.profile.arms):
+            measured = np.concatenate([arm_state[arm.name][1] for arm in self.profile.arms])
+        return measured, joint_stamps, camera_stamps, images
+
+    def _now(self) -> float:
+        return self.get_clock().now().nanoseconds * 1e-9
+
+    # --- control ----------------------------------------------------------------------------
+
+    def _on_tick(self) -> None:
+        now = self._now()
+        wall = time.monotonic()
+        if self._last_tick is not None:
+            self.tick_intervals.append(wall - self._last_tick)
+        self._last_tick = wall
+        measured, joint_stamps, camera_stamps, _ = self._snapshot()
+        with self.controller_lock:
+            result = self.controller.tick(now, measured, joint_stamps, camera_stamps)
+        if result.state != self._last_state:
+            self._last_state = result.state
+            self._publish_diagnostics()  # operators see a hold or fault when it happens
+        if result.command is None:
+            return
+        stamp = convert.seconds_to_time(now)
+        for publisher, msg in zip(self.command_publishers,
+                                  convert.targets_to_trajectories(self.profile, result.command, stamp, times=[self.dt])):
+            publisher.publish(msg)
+        self.commands_published += 1
+
+    def _inference_loop(self) -> None:
+        """Predict a chunk from the newest fresh observation every replan_period while armed."""
+        period = self.params["replan_period"]
+        while not self._stop.is_set():
+            started = time.monotonic()
+            if self.runtime is not None and self.controller.wants_chunks():
+                self._predict_once()
+            self._stop.wait(max(period - (time.monotonic() - started), 0.002))
+
+    def _predict_once(self) -> None:
+        now = self._now()
+        measured, joint_stamps, camera_stamps, images = self._snapshot()
+        with self.controller_lock:
+            gate = self.controller.check_inputs(now, joint_stamps, camera_stamps)
+        if not gate.ok or measured is None:
+            return
+        started = time.perf_counter()
+        try:
+            chunk = self.runtime.predict({cam: images[cam][1] for cam in self.profile.camera_names}, measured)
+        except Exception as exc:  # reported and held by the controller (no chunk)
+            self.inputs.count_error("inference_error", f"inference: {type(exc).__name__}: {exc}")
+            return
+        self.inference_ms.append((time.perf_counter() - started) * 1e3)
+        with self.controller_lock:
+            self.controller.on_chunk(chunk, gate.capture_time)
+
+    # --- services and safety topics ---------------------------------------------------------
+
+    def _on_enable(self, request, response):
+        if not request.data:
+            with self.controller_lock:
+                self.controller.disable()
+            response.success, response.message = True, "disarmed"
+            return response
+        if self.runtime is None:
+            response.success, response.message = False, f"refusing to arm: policy not loaded: {self.load_error}"
+            return response
+        measured, joint_stamps, camera_stamps, _ = self._snapshot()
+        now = self._now()
+        with self.controller_lock:
+            gate = self.controller.check_inputs(now, joint_stamps, camera_stamps)
+            if measured is None or not gate.ok:
+                reason = "no joint states from every arm" if measured is None else gate.reason
+                response.success, response.message = False, f"refusing to arm: inputs not ready ({reason})"
+                return response
+            try:
+                self.controller.enable(now, measured)
+            except Exception as exc:  # e.g. e-stop latched
+                response.success, response.message = False, f"refusing to arm: {exc}"
+                return response
+        response.success, response.message = True, "armed: ramping from the measured pose"
+        self.get_logger().info(response.message)
+        return response
+
+    def _on_estop(self, msg: Bool) -> None:
+        if msg.data:
+            with self.controller_lock:
+                self.controller.set_estop(True)
+            self.get_logger().warn("E-STOP latched: holding; reset with ~/reset_estop, then re-enable")
+
+    def _on_reset_estop(self, request, response):
+        with self.controller_lock:
+            self.controller.set_estop(False)
+        response.success, response.message = True, "e-stop reset; node is disarmed, re-enable to move"
+        return response
+
+    # --- diagnostics ------------------------------------------------------------------------
+
+    def diagnostics_values(self) -> dict:
+        now = self._now()
+        _, joint_stamps, camera_stamps, _ = self._snapshot()
+        with self.controller_lock:
+            values = dict(self.controller.diagnostics(now))
+        intervals_ms = [abs(i - self.dt) * 1e3 for i in self.tick_intervals]
+        with self.inputs.lock:
+            errors, last_error = dict(self.inputs.errors), self.inputs.last_error
+        values.update({
+            "policy_loaded": self.runtime is not None,
+            "load_error": self.load_error,
+            "instruction": self.instruction,
+            "commands_published": self.commands_published,
+            "inference_ms_p50": _percentile(self.inference_ms, 50),
+            "inference_ms_p99": _percentile(self.inference_ms, 99),
+            "inference_count": len(self.inference_ms),
+            "timer_jitter_ms_p50": _percentile(intervals_ms, 50),
+            "timer_jitter_ms_p99": _percentile(intervals_ms, 99),
+            "last_input_error": last_error,
+        })
+        for name, stamp in {**{f"age_joint_states:{k}": v for k, v in joint_stamps.items()},
+                            **{f"age_camera:{k}": v for k, v in camera_stamps.items()}}.items():
+            values[name] = float("inf") if stamp is None else now - stamp
+        for kind, count in errors.items():
+            values[f"input_errors:{kind}"] = count
+        return values
+
+    def _publish_diagnostics(self) -> None:
+        values = self.diagnostics_values()
+        state = str(values.get("state", "unknown"))
+        if self.runtime is None or state in ("fault", "estopped"):
+            level = DiagnosticStatus.ERROR
+        elif state == "holding" or any(k.startswith("input_errors:") for k in values):
+            level = DiagnosticStatus.WARN
+        else:
+            level = DiagnosticStatus.OK
+        message = f"policy not loaded: {self.load_error}" if self.runtime is None else state
+        status = DiagnosticStatus(level=level, name=f"{self.get_name()}: policy", message=message,
+                                  hardware_id=self.profile.name)
+        status.values = [KeyValue(key=str(k), value=str(v)) for k, v in values.items()]
+        msg = DiagnosticArray(status=[status])
+        msg.header.stamp = self.get_clock().now().to_msg()
+        self.diagnostics_publisher.publish(msg)
+
+    def shutdown(self) -> None:
+        self._stop.set()
+        self._worker.join(timeout=5.0)
+
+
+def main(argv: list[str] | None = None) -> int:
+    rclpy.init(args=argv if argv is not None else sys.argv)
+    node = None
+    try:
+        node = PolicyNode()
+    except (ParameterError, ProfileError) as exc:  # configuration errors: say what, not a traceback
+        print(f"policy_node: {exc}", file=sys.stderr)
+        rclpy.shutdown()
+        return 2
+    try:
+        executor = MultiThreadedExecutor(num_threads=3)
+        executor.add_node(node)
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.shutdown()
+            node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
