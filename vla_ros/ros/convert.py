@@ -22,6 +22,12 @@ from vla_ros.robot import decode
 from vla_ros.robot.profile import ArmSpec, RobotProfile
 
 _NO_BRIDGE = object()
+COMPRESSED_SUFFIX = "/compressed"  # image_transport's convention for the compressed topic
+
+
+def camera_topic(topic: str, compressed: bool) -> str:
+    """The topic a camera's raw or compressed images travel on."""
+    return topic + COMPRESSED_SUFFIX if compressed else topic
 
 
 def default_bridge():

@@ -118,10 +118,10 @@ class PolicyNode(Node):
 
         inputs_group = MutuallyExclusiveCallbackGroup()
         control_group = MutuallyExclusiveCallbackGroup()
-        image_type = Image if self.params["image_transport"] == "raw" else CompressedImage
-        suffix = "" if image_type is Image else "/compressed"
+        compressed = self.params["image_transport"] == "compressed"
+        image_type = CompressedImage if compressed else Image
         for camera in self.profile.cameras:
-            self.create_subscription(image_type, camera.topic + suffix,
+            self.create_subscription(image_type, convert.camera_topic(camera.topic, compressed),
                                      lambda msg, cam=camera: self._on_image(cam, msg),
                                      image_qos(self.params["image_qos"]), callback_group=inputs_group)
         for arm in self.profile.arms:

@@ -43,7 +43,6 @@ from vla_ros.ros import convert
 from vla_ros.ros.params import ParameterError, ParamSpec, declare_parameters
 from vla_ros.ros.qos import RELIABILITIES, image_qos, qos_profile, state_qos
 
-COMPRESSED_SUFFIX = "/compressed"  # image_transport's convention for the compressed topic
 
 PARAMETERS = (
     ParamSpec("profile", "aloha_stationary", "robot profile: a bundled name (config/<name>.yaml) or a YAML path"),
@@ -265,7 +264,7 @@ class RecorderNode(Node):
         compressed = self.params["image_format"] == "compressed"
         qos = image_qos(self.params["image_qos"], self.params["image_qos_depth"])
         for camera in self.profile.cameras:
-            topic = camera.topic + COMPRESSED_SUFFIX if compressed else camera.topic
+            topic = convert.camera_topic(camera.topic, compressed)
             self.create_subscription(CompressedImage if compressed else Image, topic,
                                      partial(self.on_message, camera_input(camera), use_header), qos)
             self.input_topics[camera_input(camera)] = topic

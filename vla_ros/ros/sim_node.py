@@ -37,7 +37,6 @@ from vla_ros.sim.aloha_sim import ACTION_DIM, SIM_DT, TASKS, AlohaSim
 
 # Which simulated camera stands in for which profile camera (the scene has no wrist cameras).
 SIM_CAMERA_FOR_PROFILE_CAMERA = {"cam_high": "top"}
-COMPRESSED_SUFFIX = "/compressed"  # image_transport's convention for the compressed topic
 
 PARAMETERS = (
     ParamSpec("profile", "aloha_sim", "robot profile: a bundled name (config/<name>.yaml) or a YAML path"),
@@ -119,7 +118,7 @@ class SimNode(Node):
         compressed = self.params["image_format"] == "jpeg"
         self.image_pubs = [
             self.create_publisher(CompressedImage if compressed else Image,
-                                  cam.topic + COMPRESSED_SUFFIX if compressed else cam.topic, qos)
+                                  convert.camera_topic(cam.topic, compressed), qos)
             for cam in self.cameras
         ]
         self.reward_pub = self.create_publisher(Float32, "~/reward", state_qos())
