@@ -1,0 +1,214 @@
+"""The control core shared by the ROS node and offline bag replay (a MoveIt-Servo-like loop).
+
+Per tick: gate the inputs -> ask the chunk executor for the target one tick ahead -> the safety
+filter turns it into the command to send (or a braking hold, or nothing). The caller owns
+threads, clocks and messages; everything here is plain numpy and float seconds, so the same
+object runs against live topics, a recorded bag or a test's synthetic stream.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+
+import numpy as np
+
+from vla_ros.control.chunks import BLEND_MODES, ChunkExecutor
+from vla_ros.control.gating import GateResult, GatingConfig, InputGate
+from vla_ros.control.safety import SafetyFilter, SafetyLimits
+
+
+@dataclass(frozen=True)
+class ControllerConfig:
+    """Parameters of the control core (the ROS node maps its parameters onto these).
+
+    dt: control period (s); None = the profile's (1 / control_rate_hz).
+    max_joint_state_age, max_camera_age: hold when the newest input is older (s).
+    max_camera_spread: hold when camera stamps differ by more (s).
+    chunk_blend: 'ensemble' (ACT temporal ensembling), 'crossfade' or 'replace'.
+    ensemble_weight: m in exp(-m * i), i = 0 for the oldest chunk ('ensemble' only).
+    crossfade_ticks: ticks over which a new chunk takes over (or ramps in, for 'ensemble').
+    max_chunks: live chunks kept at most (bounds the per-tick cost).
+    soft_start_time: after enable, the velocity limit is scaled down for this long (s).
+    soft_start_speed_scale: that scale, in (0, 1].
+    hold_fault_timeout: holding longer than this faults; re-enable needed (s).
+    velocity_scale, acceleration_scale: scales in (0, 1] on the profile's limits.
+    """
+
+    dt: float | None = None
+    max_joint_state_age: float = 0.1
+    max_camera_age: float = 0.15
+    max_camera_spread: float = 0.1
+    chunk_blend: str = "ensemble"
+    ensemble_weight: float = 0.01
+    crossfade_ticks: int = 5
+    max_chunks: int = 16
+    soft_start_time: float = 2.0
+    soft_start_speed_scale: float = 0.25
+    hold_fault_timeout: float = 2.0
+    velocity_scale: float = 1.0
+    acceleration_scale: float = 1.0
+
+    def __post_init__(self):
+        def fail(name, requirement):
+            raise ValueError(f"ControllerConfig.{name} must be {requirement}, got {getattr(self, name)!r}")
+
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "chunk_blend":
+                if value not in BLEND_MODES:
+                    fail(f.name, f"one of {BLEND_MODES}")
+            elif f.name in ("crossfade_ticks", "max_chunks"):
+                minimum = 0 if f.name == "crossfade_ticks" else 1
+                if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                    fail(f.name, f"an integer >= {minimum}")
+            elif f.name == "dt" and value is None:
+                continue
+            elif isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                fail(f.name, "a finite number")
+        positive = ("dt", "max_joint_state_age", "max_camera_age", "hold_fault_timeout")
+        for name in positive:
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
+                fail(name, "> 0")
+        for name in ("max_camera_spread", "soft_start_time"):
+            if getattr(self, name) < 0:
+                fail(name, ">= 0")
+        for name in ("soft_start_speed_scale", "velocity_scale", "acceleration_scale"):
+            if not 0 < getattr(self, name) <= 1:
+                fail(name, "in (0, 1]")
+        if abs(self.ensemble_weight) > 10:
+            fail("ensemble_weight", "in [-10, 10]")
+
+
+@dataclass
+class TickResult:
+    """command: the 14-vector to send now, None = publish nothing (disarmed, fault, ...).
+    reasons: gate reasons and the interventions of this tick (empty when all is well)."""
+
+    command: np.ndarray | None
+    state: str
+    reasons: tuple[str, ...]
+
+
+class Controller:
+    """Gate + chunk executor + safety filter for one robot profile."""
+
+    def __init__(self, profile, config: ControllerConfig | None = None):
+        self.profile = profile
+        self.config = config = config or ControllerConfig()
+        self.dt = config.dt if config.dt is not None else profile.dt
+        self.gate = InputGate(GatingConfig(config.max_joint_state_age, config.max_camera_age,
+                                           config.max_camera_spread),
+                              [arm.name for arm in profile.arms], profile.camera_names)
+        self.executor = ChunkExecutor(self.dt, config.chunk_blend, ensemble_weight=config.ensemble_weight,
+                                      crossfade_ticks=config.crossfade_ticks, max_chunks=config.max_chunks,
+                                      action_dim=profile.action_dim)
+        self.limits = SafetyLimits.from_profile(
+            profile,
+            velocity=profile.velocity_limit * config.velocity_scale,
+            acceleration=profile.acceleration_limit * config.acceleration_scale,
+            soft_start_time=config.soft_start_time,
+            soft_start_speed_scale=config.soft_start_speed_scale,
+            hold_fault_timeout=config.hold_fault_timeout,
+        )
+        self.safety = SafetyFilter(self.limits, self.dt)
+        self.chunk_counters: dict[str, int] = {}
+        self.ticks = 0
+        self.commands_emitted = 0
+        self._last_now: float | None = None
+        self._last_gate: GateResult | None = None
+        self._last_chunk_latency = math.nan
+
+    # --- commands from the operator -----------------------------------------------------------
+
+    def enable(self, now: float, measured) -> None:
+        """Arm: ramp from the measured pose. Raises ArmingError (e-stop latched, bad pose)."""
+        if not self.safety.armed:
+            self.executor.clear()
+        self.safety.enable(now, measured)
+
+    def disable(self) -> None:
+        self.safety.disable()
+        self.executor.clear()
+
+    def set_estop(self, active: bool) -> None:
+        """Latch: this very tick on, only braking holds go out. Reset: disarmed, re-enable to move."""
+        self.safety.set_estop(active)
+        self.executor.clear()
+
+    def wants_chunks(self) -> bool:
+        """Whether predicting is worth it now (armed); a plain read, safe without the lock."""
+        return self.safety.armed
+
+    # --- inputs -------------------------------------------------------------------------------
+
+    def check_inputs(self, now: float, joint_state_stamps, camera_stamps) -> GateResult:
+        return self.gate.check(now, joint_state_stamps or {}, camera_stamps or {})
+
+    def on_chunk(self, chunk, capture_time: float) -> bool:
+        """Queue a predicted chunk (capture_time: the GateResult's). Never raises: a rejected chunk
+        is counted (chunks_rejected:<why>) and the executor keeps what it had."""
+        if not self.safety.armed:
+            self._count_chunk("chunks_ignored_not_armed")
+            return False
+        try:
+            queued = self.executor.add_chunk(chunk, capture_time)
+        except ValueError as exc:
+            text = str(exc)
+            why = "non_finite" if "non-finite" in text else "out_of_range" if "beyond" in text else "malformed"
+            self._count_chunk(f"chunks_rejected:{why}")
+            return False
+        if not queued:
+            self._count_chunk("chunks_rejected:expired")
+            return False
+        self._count_chunk("chunks_accepted")
+        if self._last_now is not None:
+            self._last_chunk_latency = self._last_now - capture_time
+        return True
+
+    def _count_chunk(self, kind: str) -> None:
+        self.chunk_counters[kind] = self.chunk_counters.get(kind, 0) + 1
+
+    # --- the tick -----------------------------------------------------------------------------
+
+    def tick(self, now: float, measured, joint_state_stamps, camera_stamps) -> TickResult:
+        """One control period: the command to publish now (None = nothing) and why."""
+        self.ticks += 1
+        self._last_now = now
+        gate = self.check_inputs(now, joint_state_stamps, camera_stamps)
+        self._last_gate = gate
+        target, hold_reason = None, None
+        if self.safety.armed:
+            if not gate.ok:
+                hold_reason = "hold_stale"
+            else:
+                target = self.executor.target(now)
+                if target is None:
+                    hold_reason = "hold_no_chunk"
+        result = self.safety.step(now, target, measured, hold_reason)
+        if result.command is not None:
+            self.commands_emitted += 1
+        if not self.safety.armed and self.executor.live_chunks:
+            self.executor.clear()  # a fault leaves nothing to resume from
+        return TickResult(result.command, result.state, gate.reasons + tuple(result.interventions))
+
+    def diagnostics(self, now: float | None = None) -> dict:
+        """A flat dict of state, counters and ages for /diagnostics and logs."""
+        now = self._last_now if now is None else now
+        covered = self.executor.covered_until()
+        values = {
+            "state": self.safety.state,
+            "fault_reason": self.safety.fault_reason,
+            "ticks": self.ticks,
+            "commands_emitted": self.commands_emitted,
+            "gate_ok": self._last_gate.ok if self._last_gate else False,
+            "gate_reasons": ",".join(self._last_gate.reasons) if self._last_gate else "no tick yet",
+            "chunks_live": self.executor.live_chunks,
+            "chunk_time_left_s": (covered - now) if covered is not None and now is not None else 0.0,
+            "last_chunk_latency_s": self._last_chunk_latency,
+            "holding_s": self.safety.hold_duration(now) if now is not None else 0.0,
+            "chunk_blend": self.config.chunk_blend,
+        }
+        values.update(self.chunk_counters)
+        values.update({f"interventions:{kind}": count for kind, count in sorted(self.safety.counters.items())})
+        return values
