@@ -22,6 +22,8 @@ import numpy as np
 from rosbags.rosbag2 import Reader, ReaderError, StoragePlugin, Writer, WriterError
 from rosbags.typesys import Stores, TypesysError, get_types_from_idl, get_types_from_msg, get_typestore
 
+from vla_ros.robot import decode
+
 DISTROS = {"humble": Stores.ROS2_HUMBLE, "jazzy": Stores.ROS2_JAZZY, "kilted": Stores.ROS2_KILTED}
 STORAGES = {"sqlite3": StoragePlugin.SQLITE3, "mcap": StoragePlugin.MCAP}
 DEFAULT_DISTRO = "jazzy"
@@ -174,35 +176,20 @@ def stamp_ns(header) -> int:
 
 
 def image_to_rgb(msg) -> np.ndarray:
-    """(H, W, 3) uint8 RGB from a sensor_msgs Image (rgb8/bgr8/rgba8/bgra8/mono8) or CompressedImage."""
-    msgtype = getattr(msg, "__msgtype__", "")
-    if msgtype.endswith("CompressedImage"):
-        image = cv2.imdecode(np.asarray(msg.data, dtype=np.uint8), cv2.IMREAD_COLOR)
-        if image is None:
-            raise ValueError(f"CompressedImage with format {msg.format!r} could not be decoded")
-        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-    channels = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1}
-    if msg.encoding not in channels:
-        raise ValueError(f"unsupported image encoding {msg.encoding!r} (supported: {sorted(channels)})")
-    n = channels[msg.encoding]
-    data = np.asarray(msg.data, dtype=np.uint8)
-    if msg.step < msg.width * n or data.size < msg.step * msg.height:
-        raise ValueError(f"image {msg.width}x{msg.height} {msg.encoding}: step {msg.step} / {data.size} bytes inconsistent")
-    image = data[: msg.step * msg.height].reshape(msg.height, msg.step)[:, : msg.width * n].reshape(msg.height, msg.width, n)
-    conversions = {"bgr8": cv2.COLOR_BGR2RGB, "rgba8": cv2.COLOR_RGBA2RGB, "bgra8": cv2.COLOR_BGRA2RGB,
-                   "mono8": cv2.COLOR_GRAY2RGB}
-    return cv2.cvtColor(image, conversions[msg.encoding]) if msg.encoding in conversions else image.copy()
+    """(H, W, 3) uint8 RGB from a sensor_msgs Image or CompressedImage, decoded by
+    :mod:`vla_ros.robot.decode` so that bags and live topics can never be decoded differently."""
+    if getattr(msg, "__msgtype__", "").endswith("CompressedImage"):
+        image = decode.compressed_to_array(msg)
+    else:
+        image = decode.image_to_array(msg)
+    if image.dtype != np.uint8:
+        raise ValueError(f"expected an 8-bit image, got {image.dtype} (encoding {getattr(msg, 'encoding', '?')!r})")
+    return cv2.cvtColor(image, cv2.COLOR_GRAY2RGB) if image.ndim == 2 else image
 
 
 def joint_positions(msg, names: Sequence[str]) -> np.ndarray:
     """Positions of a JointState in the order of ``names`` (the message may order them any way)."""
-    index = {name: i for i, name in enumerate(msg.name)}
-    missing = [n for n in names if n not in index]
-    if missing:
-        raise ValueError(f"JointState lacks joints {missing} (it has {list(msg.name)})")
-    if len(msg.position) < len(msg.name):
-        raise ValueError(f"JointState has {len(msg.name)} names but {len(msg.position)} positions")
-    return np.array([msg.position[index[n]] for n in names], dtype=np.float64)
+    return decode.joint_positions_by_name(msg, names)
 
 
 class BagWriter:
