@@ -33,10 +33,8 @@ from vla_ros.robot.profile import ProfileError, load_profile
 from vla_ros.ros import convert
 from vla_ros.ros.params import ParameterError, ParamSpec, declare_parameters
 from vla_ros.ros.qos import RELIABILITIES, image_qos, state_qos
-from vla_ros.sim.aloha_sim import ACTION_DIM, SIM_DT, TASKS, AlohaSim
+from vla_ros.sim.aloha_sim import ACTION_DIM, SIM_CAMERA_FOR_PROFILE_CAMERA, SIM_DT, TASKS, AlohaSim
 
-# Which simulated camera stands in for which profile camera (the scene has no wrist cameras).
-SIM_CAMERA_FOR_PROFILE_CAMERA = {"cam_high": "top"}
 
 PARAMETERS = (
     ParamSpec("profile", "aloha_sim", "robot profile: a bundled name (config/<name>.yaml) or a YAML path"),

@@ -25,6 +25,8 @@ from gym_aloha.utils import sample_box_pose, sample_insertion_pose
 ACTION_DIM = 14
 SIM_CAMERAS = ("top", "angle", "front_close")
 SUCCESS_REWARD = 4
+# Which simulated camera stands in for which robot-profile camera (the scene has no wrist cameras).
+SIM_CAMERA_FOR_PROFILE_CAMERA = {"cam_high": "top"}
 
 
 @dataclass(frozen=True)
