@@ -1,0 +1,129 @@
+"""The action head: shapes, masking, inputs that must matter, config round trip, compilability."""
+
+import pytest
+import torch
+
+from vla_ros.policy.head import ActionHead, HeadConfig, sinusoidal_embedding
+
+SMALL = dict(condition_dim=24, state_dim=5, action_dim=3, horizon=4, width=32, depth=2, heads=4, mlp_dim=64)
+
+
+def _inputs(config: HeadConfig, batch: int = 3, tokens: int = 6, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    condition = torch.randn(batch, tokens, config.condition_dim, generator=g)
+    mask = torch.ones(batch, tokens, dtype=torch.bool)
+    mask[0, tokens // 2:] = False
+    state = torch.randn(batch, config.state_dim, generator=g)
+    noisy = torch.randn(batch, config.horizon, config.action_dim, generator=g)
+    t = torch.rand(batch, generator=g)
+    return condition, mask, state, noisy, t
+
+
+def _trained_looking_head(config: HeadConfig) -> ActionHead:
+    """A head whose zero-initialised output layer is randomised, so inputs can show in the output."""
+    torch.manual_seed(0)
+    head = ActionHead(config).eval()
+    torch.nn.init.normal_(head.velocity_out.weight, std=0.5)
+    return head
+
+
+def test_default_head_has_about_30m_parameters():
+    # VLM width 2048 (Gemma-2B): 31,741,454 parameters; 28.3M of them are the 4 blocks.
+    head = ActionHead(HeadConfig(condition_dim=2048))
+    count = sum(p.numel() for p in head.parameters())
+    assert count == 31_741_454
+    assert 28e6 < count < 34e6
+
+
+def test_output_shape_and_zero_initial_velocity():
+    config = HeadConfig(**SMALL)
+    velocity = ActionHead(config)(*_inputs(config))
+    assert velocity.shape == (3, config.horizon, config.action_dim)
+    assert torch.count_nonzero(velocity) == 0
+
+
+def test_padded_condition_tokens_do_not_change_the_output():
+    config = HeadConfig(**SMALL)
+    head = _trained_looking_head(config)
+    condition, mask, state, noisy, t = _inputs(config)
+    before = head(condition, mask, state, noisy, t)
+    scrambled = condition.clone()
+    scrambled[0, mask.shape[1] // 2:] = 100.0 * torch.randn_like(scrambled[0, mask.shape[1] // 2:])
+    after = head(scrambled, mask, state, noisy, t)
+    torch.testing.assert_close(before, after)
+    # ...while a real token does matter.
+    scrambled[0, 0] += 1.0
+    assert not torch.allclose(before[0], head(scrambled, mask, state, noisy, t)[0])
+
+
+def test_no_mask_equals_an_all_true_mask():
+    config = HeadConfig(**SMALL)
+    head = _trained_looking_head(config)
+    condition, mask, state, noisy, t = _inputs(config)
+    all_real = torch.ones_like(mask)
+    torch.testing.assert_close(head(condition, None, state, noisy, t), head(condition, all_real, state, noisy, t))
+
+
+@pytest.mark.parametrize("which", ["state", "noisy", "t", "condition"])
+def test_every_input_reaches_the_velocity(which):
+    config = HeadConfig(**SMALL)
+    head = _trained_looking_head(config)
+    args = dict(zip(["condition", "mask", "state", "noisy", "t"], _inputs(config)))
+    before = head(args["condition"], args["mask"], args["state"], args["noisy"], args["t"])
+    args[which] = args[which] + 0.3
+    after = head(args["condition"], args["mask"], args["state"], args["noisy"], args["t"])
+    assert (before - after).abs().amax(dim=(1, 2)).min() > 1e-4
+
+
+def test_samples_in_a_batch_are_independent():
+    config = HeadConfig(**SMALL)
+    head = _trained_looking_head(config)
+    condition, mask, state, noisy, t = _inputs(config)
+    full = head(condition, mask, state, noisy, t)
+    single = head(condition[1:2], mask[1:2], state[1:2], noisy[1:2], t[1:2])
+    torch.testing.assert_close(full[1:2], single)
+
+
+def test_sinusoidal_embedding_separates_nearby_times():
+    embedding = sinusoidal_embedding(torch.tensor([0.0, 0.001, 1.0]), 64)
+    assert embedding.shape == (3, 64)
+    assert (embedding[0] - embedding[1]).norm() > 0.1
+
+
+def test_config_round_trip_and_validation():
+    config = HeadConfig(**SMALL)
+    assert HeadConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(ValueError, match="unknown"):
+        HeadConfig.from_dict({**config.to_dict(), "widht": 3})
+    with pytest.raises(ValueError, match="divisible"):
+        HeadConfig(condition_dim=8, width=30, heads=4)
+    with pytest.raises(ValueError, match="positive"):
+        HeadConfig(condition_dim=0)
+
+
+@pytest.mark.parametrize(
+    "field,shape",
+    [("condition", (3, 6, 7)), ("mask", (3, 5)), ("state", (3, 4)), ("noisy", (3, 5, 3)), ("t", (3, 1))],
+)
+def test_wrong_input_shapes_raise_clear_errors(field, shape):
+    config = HeadConfig(**SMALL)
+    args = dict(zip(["condition", "mask", "state", "noisy", "t"], _inputs(config)))
+    args[field] = torch.zeros(shape, dtype=torch.bool if field == "mask" else torch.float32)
+    with pytest.raises(ValueError, match="must be"):
+        ActionHead(config)(args["condition"], args["mask"], args["state"], args["noisy"], args["t"])
+
+
+def test_float_mask_is_rejected():
+    config = HeadConfig(**SMALL)
+    condition, mask, state, noisy, t = _inputs(config)
+    with pytest.raises(ValueError, match="bool"):
+        ActionHead(config)(condition, mask.float(), state, noisy, t)
+
+
+def test_forward_compiles_as_one_graph():
+    """fullgraph=True fails on any graph break, i.e. on data-dependent Python control flow."""
+    config = HeadConfig(**SMALL)
+    head = _trained_looking_head(config)
+    inputs = _inputs(config)
+    compiled = torch.compile(head, backend="aot_eager", fullgraph=True)
+    torch.testing.assert_close(compiled(*inputs), head(*inputs))

@@ -1,0 +1,144 @@
+"""LeRobot v3 dataset -> training batches for VLAPolicy.compute_loss.
+
+A sample is one (episode, frame t): the state at t, the action chunk t..t+H-1 (past the episode's
+end the last action is repeated and `action_is_pad` marks those steps, which the loss ignores),
+the camera images at t for the policy's camera keys and the episode's task text.
+
+Why everything is decoded up front: seeking into mp4s for every random sample costs
+milliseconds per frame, far more than a tiny model's training step. Each episode's videos are
+decoded ONCE, resized to the working size and kept as uint8 arrays. Memory cost:
+frames x cameras x height x width x 3 bytes, e.g. 50 episodes x 400 frames x 1 camera at 32x32
+is 61 MB, at 224x224 it is 3 GB; `max_memory_bytes` refuses datasets beyond that budget (there
+is no streaming mode yet). Decoding up front also means a corrupt video fails before training
+starts, not halfway through.
+
+The resize uses the backbone's own kernel (bilinear, antialiased, on uint8), so frames stored
+at the model's image size are exactly what the backbone would have made of the full frames.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from vla_ros.data.lerobot import DatasetError, LeRobotDataset
+
+DEFAULT_MAX_MEMORY_BYTES = 4 << 30
+RESIZE_CHUNK = 256  # frames resized per call: bounds the float/int intermediate memory
+
+
+def resize_frames(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """uint8 (N, H, W, 3) -> uint8 (N, h, w, 3) with the backbone's resize kernel."""
+    if frames.shape[1:3] == tuple(size):
+        return frames
+    out = np.empty((len(frames), *size, 3), dtype=np.uint8)
+    for start in range(0, len(frames), RESIZE_CHUNK):
+        pixels = torch.from_numpy(frames[start:start + RESIZE_CHUNK]).permute(0, 3, 1, 2)
+        resized = F.interpolate(pixels, size=size, mode="bilinear", align_corners=False, antialias=True)
+        out[start:start + RESIZE_CHUNK] = resized.permute(0, 2, 3, 1).numpy()
+    return out
+
+
+def split_episodes(num_episodes: int, held_out: int | float, seed: int = 0) -> tuple[list[int], list[int]]:
+    """(train, held_out) episode indices: a seeded random choice of `held_out` episodes (a count,
+    or a fraction when < 1), at least one training episode left."""
+    if num_episodes < 1:
+        raise ValueError("the dataset has no episodes")
+    count = int(round(held_out * num_episodes)) if isinstance(held_out, float) and held_out < 1 else int(held_out)
+    if count < 0 or count >= num_episodes:
+        raise ValueError(f"cannot hold out {count} of {num_episodes} episodes (at least one must train)")
+    chosen = np.random.default_rng(seed).permutation(num_episodes)[:count]
+    held = sorted(int(i) for i in chosen)
+    return [i for i in range(num_episodes) if i not in held], held
+
+
+@dataclass
+class EpisodeArrays:
+    index: int
+    task: str
+    state: np.ndarray                # (T, state_dim) float32
+    action: np.ndarray               # (T, action_dim) float32
+    images: dict[str, np.ndarray]    # camera -> (T, h, w, 3) uint8 at the working size
+
+
+class DatasetSamples:
+    """Episodes of a LeRobotDataset held in memory, sampled into training batches."""
+
+    def __init__(self, dataset: LeRobotDataset, episodes: Sequence[int], cameras: Sequence[str],
+                 horizon: int, image_size: tuple[int, int],
+                 max_memory_bytes: int = DEFAULT_MAX_MEMORY_BYTES):
+        if not episodes:
+            raise ValueError("no episodes to sample from")
+        missing = [c for c in cameras if c not in dataset.cameras]
+        if missing:
+            raise DatasetError(f"{dataset.root}: cameras {missing} are not in the dataset (it has {dataset.cameras})")
+        self.cameras = tuple(cameras)
+        self.horizon = int(horizon)
+        self.image_size = (int(image_size[0]), int(image_size[1]))
+        frames = sum(dataset.episode_meta(i)["length"] for i in episodes)
+        self.memory_bytes = frames * len(self.cameras) * self.image_size[0] * self.image_size[1] * 3
+        if self.memory_bytes > max_memory_bytes:
+            raise ValueError(f"{dataset.root}: {frames} frames x {len(self.cameras)} cameras at "
+                             f"{self.image_size[0]}x{self.image_size[1]} need {self.memory_bytes / 2**30:.1f} GiB in "
+                             f"memory, over the {max_memory_bytes / 2**30:.1f} GiB budget")
+        self.episodes = [self._load(dataset, i) for i in episodes]
+        lengths = np.array([len(e.state) for e in self.episodes])
+        self._starts = np.concatenate([[0], np.cumsum(lengths)])
+        self.num_frames = int(self._starts[-1])
+
+    def _load(self, dataset: LeRobotDataset, index: int) -> EpisodeArrays:
+        episode = dataset.episode(index)
+        if len(episode) == 0:
+            raise DatasetError(f"{dataset.root}: episode {index} is empty")
+        images = {cam: resize_frames(dataset.video_frames(index, cam), self.image_size) for cam in self.cameras}
+        return EpisodeArrays(index, episode.task, episode.state, episode.action, images)
+
+    def locate(self, sample: int) -> tuple[int, int]:
+        """Position in self.episodes and frame within it of the sample-th frame overall."""
+        position = int(np.searchsorted(self._starts, sample, side="right") - 1)
+        return position, int(sample - self._starts[position])
+
+    def chunk(self, position: int, frame: int) -> tuple[np.ndarray, np.ndarray]:
+        """Actions frame..frame+H-1 (last action repeated past the end) and their padding mask."""
+        action = self.episodes[position].action
+        steps = np.arange(frame, frame + self.horizon)
+        is_pad = steps >= len(action)
+        return action[np.minimum(steps, len(action) - 1)], is_pad
+
+    def collate(self, samples: Sequence[int]) -> dict:
+        """The batch for these frame numbers (0..num_frames-1), in compute_loss's format."""
+        states, chunks, pads, tasks = [], [], [], []
+        images = np.empty((len(samples), len(self.cameras), *self.image_size, 3), dtype=np.uint8)
+        for row, sample in enumerate(samples):
+            position, frame = self.locate(sample)
+            episode = self.episodes[position]
+            actions, is_pad = self.chunk(position, frame)
+            states.append(episode.state[frame])
+            chunks.append(actions)
+            pads.append(is_pad)
+            tasks.append(episode.task)
+            for column, cam in enumerate(self.cameras):
+                images[row, column] = episode.images[cam][frame]
+        return {
+            "images": torch.from_numpy(images),
+            "state": torch.from_numpy(np.stack(states)),
+            "actions": torch.from_numpy(np.stack(chunks)),
+            "action_is_pad": torch.from_numpy(np.stack(pads)),
+            "instruction": tasks,
+        }
+
+    def batch_for_step(self, step: int, batch_size: int, seed: int, rank: int = 0) -> dict:
+        """A uniformly random batch that depends only on (seed, rank, step): a resumed run draws
+        exactly the batches the uninterrupted one would have, and DDP ranks draw different ones."""
+        rng = np.random.default_rng([seed, rank, step])
+        return self.collate(rng.integers(0, self.num_frames, size=batch_size))
+
+    def batches(self, batch_size: int, seed: int, rank: int = 0, start_step: int = 0) -> Iterator[dict]:
+        step = start_step
+        while True:
+            yield self.batch_for_step(step, batch_size, seed, rank)
+            step += 1

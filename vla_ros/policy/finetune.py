@@ -1,0 +1,392 @@
+"""`vla-ros train`: fine-tune (or train from scratch) the one-step policy on a LeRobot v3 dataset.
+
+    vla-ros train --dataset DIR --output OUT [--config YAML | tiny] [--init CHECKPOINT]
+                  [--steps N] [--alpha A] [--resume]
+    torchrun --nproc-per-node K -m vla_ros.policy.finetune ...   (DDP: nccl on CUDA, gloo on CPU)
+
+Everything that can be wrong with the inputs is checked before OUT is touched: the dataset
+against the robot profile (dims, joint names, cameras), the checkpoint against the profile, and
+every episode's table and videos (decoded into memory by vla_ros.policy.batches). So a bad
+dataset (missing columns, dim mismatch, empty episode, corrupt mp4) fails with a clear error
+and leaves no checkpoint behind; the trainer's checkpoints are atomic for the same reason.
+
+OUT after a run:
+    OUT/policy/                      the final deployable checkpoint (EMA weights), loadable by
+                                     PolicyRuntime / policy_node
+    OUT/checkpoints/step_XXXXXXXX/   periodic checkpoints: a policy checkpoint + trainer_state.pt
+    OUT/train_log.jsonl              loss, LR, grad norm, samples/s every log_interval steps
+    OUT/train_config.json            the resolved configuration, the split and the dataset
+    OUT/tensorboard/                 the same curves, only if tensorboard is installed
+
+Normalisation statistics are computed from the training episodes (NormStats.from_arrays) and
+stored in the checkpoint. Held-out episodes (data.held_out_episodes) are recorded in the
+checkpoint's config.extra["training"], where `vla-ros eval` finds them.
+
+Under DDP only rank 0 writes (log, checkpoints, final policy); other ranks train in a temporary
+directory that is removed. Each rank draws its own batches and flow noise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import json
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import yaml
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from vla_ros.data.lerobot import DatasetError, LeRobotDataset
+from vla_ros.policy.batches import DatasetSamples, split_episodes
+from vla_ros.policy.checkpoint import (NAMED_CONFIGS, build_random_policy, check_compatible, load_checkpoint,
+                                       save_checkpoint)
+from vla_ros.policy.model import PolicyConfig, VLAPolicy
+from vla_ros.policy.normalize import NormStats
+from vla_ros.policy.train import LOG_FILE, Trainer, TrainConfig, resolve_device
+from vla_ros.robot.profile import load_profile
+
+POLICY_DIR = "policy"
+CONFIG_FILE = "train_config.json"
+
+# What a named config (`--config tiny`) means; config/train_tiny.yaml documents each knob.
+DEFAULTS: dict = {
+    "model": {"config": "tiny", "profile": "aloha_sim", "cameras": None, "alpha": 4.0, "horizon": None,
+              "normalization": "mean_std", "recommended_steps": 1, "seed": 0},
+    "data": {"held_out_episodes": 0.1, "split_seed": 0, "image_size": None, "max_memory_gb": 4.0},
+    "train": {"lr": 3e-4, "warmup_steps": 100, "total_steps": 2000, "batch_size": 32, "ema_decay": 0.99,
+              "backbone_lr_scale": 1.0, "checkpoint_interval": 500, "keep_checkpoints": 2, "log_interval": 10,
+              "seed": 0},
+}
+
+
+class TrainSetupError(ValueError):
+    """A training run that cannot start: bad config, or inputs that do not fit together."""
+
+
+def load_train_config(source: str | None) -> dict:
+    """DEFAULTS for a named config (or None = tiny), else DEFAULTS updated section by section from YAML."""
+    config = copy.deepcopy(DEFAULTS)
+    if source is None:
+        return config
+    if source in NAMED_CONFIGS:
+        config["model"]["config"] = source
+        return config
+    path = Path(source)
+    if not path.is_file():
+        raise TrainSetupError(f"--config {source!r}: neither a YAML file nor a named config "
+                              f"({', '.join(NAMED_CONFIGS)})")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise TrainSetupError(f"{path}: not valid YAML ({error})") from error
+    if not isinstance(data, dict):
+        raise TrainSetupError(f"{path}: expected a mapping with sections {sorted(DEFAULTS)}")
+    unknown = sorted(set(data) - set(DEFAULTS))
+    if unknown:
+        raise TrainSetupError(f"{path}: unknown sections {unknown} (known: {sorted(DEFAULTS)})")
+    for section, values in data.items():
+        if not isinstance(values, dict):
+            raise TrainSetupError(f"{path}: section '{section}' must be a mapping")
+        if section != "train":  # TrainConfig.from_dict names unknown train keys itself
+            unknown = sorted(set(values) - set(DEFAULTS[section]))
+            if unknown:
+                raise TrainSetupError(f"{path}: unknown keys in '{section}': {unknown}")
+        config[section].update(values)
+    if config["model"]["config"] not in NAMED_CONFIGS:
+        raise TrainSetupError(f"{path}: model.config must be one of {list(NAMED_CONFIGS)}")
+    return config
+
+
+def _with_training_settings(policy: VLAPolicy, stats: NormStats, model: dict, init: bool) -> VLAPolicy:
+    """The policy rebuilt around the dataset's statistics and the run's alpha/horizon/steps.
+
+    A random policy gets a new head for the configured horizon and normalisation; an --init
+    checkpoint keeps its head weights, so its horizon and normalisation mode must stay."""
+    values = policy.config.to_dict()
+    values.update(alpha=float(model["alpha"]), recommended_steps=int(model["recommended_steps"]))
+    horizon = int(model["horizon"] or policy.config.horizon)
+    if init:
+        if horizon != policy.config.horizon:
+            raise TrainSetupError(f"model.horizon {model['horizon']} differs from the --init checkpoint's "
+                                  f"{policy.config.horizon} (the head's shape depends on it)")
+        stats = NormStats(stats.state, stats.action, policy.config.normalization, stats.eps, stats.extra)
+    else:
+        values.update(horizon=horizon, normalization=model["normalization"])
+        values["head"]["horizon"] = horizon
+        stats = NormStats(stats.state, stats.action, model["normalization"], stats.eps, stats.extra)
+    config = PolicyConfig.from_dict(values)
+    torch.manual_seed(int(model["seed"]))
+    rebuilt = VLAPolicy(config, policy.backbone, stats)
+    if init:
+        rebuilt.head.load_state_dict(policy.head.state_dict())
+    return rebuilt
+
+
+def check_dataset_fits(dataset: LeRobotDataset, config: PolicyConfig) -> None:
+    """Raise DatasetError unless the dataset has the policy's state/action dims and names and cameras."""
+    for key, names in (("observation.state", config.state_names), ("action", config.action_names)):
+        feature = dataset.features[key]
+        shape, found = list(feature.get("shape", [])), feature.get("names")
+        if shape != [len(names)] or (found is not None and list(found) != list(names)):
+            raise DatasetError(f"{dataset.root}: {key} is {shape} {found}, the policy expects "
+                               f"[{len(names)}] {list(names)}")
+    missing = [c for c in config.camera_keys if c not in dataset.cameras]
+    if missing:
+        raise DatasetError(f"{dataset.root}: the policy's cameras {missing} are not in the dataset "
+                           f"(it has {dataset.cameras})")
+
+
+class Prepared:
+    """Everything a run needs, built and checked before the output directory is touched."""
+
+    def __init__(self, args, config: dict):
+        model, data = config["model"], config["data"]
+        self.config = config
+        self.train_config = TrainConfig.from_dict(config["train"])
+        self.dataset = LeRobotDataset(args.dataset)
+        if args.init:
+            base = load_checkpoint(args.init)
+            profile = load_profile(model["profile"] if args.profile_given else
+                                   (base.config.robot_profile or model["profile"]))
+            check_compatible(base.config, profile)
+        else:
+            profile = load_profile(model["profile"])
+            base = build_random_policy(model["config"], profile, model["cameras"], int(model["seed"]))
+        self.dataset.check_profile(profile)
+        check_dataset_fits(self.dataset, base.config)
+        self.train_episodes, self.held_out = split_episodes(
+            self.dataset.num_episodes, data["held_out_episodes"], int(data["split_seed"]))
+        size = data["image_size"] or base.config.image_size
+        size = (size, size) if isinstance(size, int) else tuple(size)
+        horizon = int(model["horizon"] or base.config.horizon)
+        self.samples = DatasetSamples(self.dataset, self.train_episodes, base.config.camera_keys,
+                                      horizon, size, int(float(data["max_memory_gb"]) * 2**30))
+        states = np.concatenate([e.state for e in self.samples.episodes])
+        actions = np.concatenate([e.action for e in self.samples.episodes])
+        stats = NormStats.from_arrays(states, actions)
+        stats.extra = {"source": f"dataset {self.dataset.root.resolve()}", "episodes": self.train_episodes}
+        self.policy = _with_training_settings(base, stats, model, init=bool(args.init))
+        self.policy.config.extra["training"] = {
+            "dataset": str(self.dataset.root.resolve()), "train_episodes": self.train_episodes,
+            "held_out_episodes": self.held_out, "instructions": sorted({e.task for e in self.samples.episodes}),
+            "image_size": list(size), "init": str(args.init) if args.init else None,
+            "config": model["config"] if not args.init else None,
+        }
+
+
+class _PolicyLoss(nn.Module):
+    """forward = compute_loss, so that DDP's forward hook (gradient sync) runs on every step."""
+
+    def __init__(self, policy: VLAPolicy):
+        super().__init__()
+        self.policy = policy
+
+    def forward(self, batch: dict, generator: torch.Generator | None = None) -> torch.Tensor:
+        return self.policy.compute_loss(batch, generator)
+
+
+class _Local(nn.Module):
+    """Holds the loss module as `.module`, exactly as DDP does, so that parameter names and
+    trainer states are the same with and without DDP (a run can resume on another world size)."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, *args):
+        return self.module(*args)
+
+
+class TrainablePolicy(nn.Module):
+    """The Trainer's model: the policy's loss (through DDP when distributed) and its groups."""
+
+    def __init__(self, policy: VLAPolicy, distributed: bool, device: torch.device):
+        super().__init__()
+        loss = _PolicyLoss(policy.to(device))
+        if distributed:
+            # static_graph: the same parameters (e.g. the vision tower's unused pooling head) go
+            # without gradients on every step, which DDP must be told.
+            ids = [device.index] if device.type == "cuda" else None
+            self.runner = DistributedDataParallel(loss, device_ids=ids, static_graph=True)
+        else:
+            self.runner = _Local(loss)
+
+    @property
+    def policy(self) -> VLAPolicy:
+        return self.runner.module.policy
+
+    def compute_loss(self, batch: dict, generator: torch.Generator | None = None) -> torch.Tensor:
+        return self.runner(batch, generator)
+
+    def parameter_groups(self) -> dict:
+        return self.policy.parameter_groups()
+
+
+def save_policy_checkpoint(model: TrainablePolicy, directory: Path) -> None:
+    """Trainer save_fn: every periodic checkpoint is itself a loadable policy checkpoint."""
+    save_checkpoint(model.policy, directory, overwrite=True)
+
+
+def _distributed_setup(requested: str) -> tuple[int, int, torch.device]:
+    """(rank, world size, device) from torchrun's environment; joins the process group. A CUDA
+    device (requested 'cuda', or 'auto' with a GPU) is this process's LOCAL_RANK GPU."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    cuda = resolve_device(requested).type == "cuda"
+    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if cuda else "gloo")
+    return rank, world, device
+
+
+def _broadcast(value, rank: int, world: int):
+    if world == 1:
+        return value
+    holder = [value if rank == 0 else None]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]
+
+
+def _ranks_agree(policy: VLAPolicy, world: int) -> bool:
+    """Whether every rank ended with the same weights (DDP kept them in sync), by checksum."""
+    if world == 1:
+        return True
+    checksum = torch.stack([p.detach().double().sum() for p in policy.parameters()]).sum().reshape(1)
+    gathered = [torch.zeros_like(checksum) for _ in range(world)]
+    dist.all_gather(gathered, checksum)  # the parameters' device suits the backend (cpu/gloo, cuda/nccl)
+    return all(torch.equal(g, gathered[0]) for g in gathered)
+
+
+def _tensorboard(records: list[dict], directory: Path) -> None:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return
+    with SummaryWriter(str(directory)) as writer:
+        for record in records:
+            for key in ("loss", "lr", "grad_norm", "samples_per_s"):
+                writer.add_scalar(f"train/{key}", record[key], record["step"])
+
+
+def run(args, config: dict) -> dict:
+    """One training run (one rank of it); returns a summary. Raises on bad input."""
+    output = Path(args.output)
+    existing = output.exists() and any(output.iterdir())
+    if existing and not args.resume:
+        raise TrainSetupError(f"{output}: exists and is not empty; pass --resume to continue it or choose "
+                              "a new directory")
+    prepared = Prepared(args, config)  # every input check happens here, before OUT is written
+    train_config = prepared.train_config
+    rank, world, device = _distributed_setup(train_config.device)
+    train_config.device = str(device)
+    scratch = None
+    if rank == 0:
+        trainer_dir = output
+    else:
+        scratch = tempfile.mkdtemp(prefix="vla-ros-train-rank")
+        trainer_dir = Path(scratch)
+        train_config.checkpoint_interval = 0
+        train_config.seed += rank
+    created = not output.exists()
+    try:
+        model = TrainablePolicy(prepared.policy, world > 1, device)
+        trainer = Trainer(model, train_config, trainer_dir, save_fn=save_policy_checkpoint)
+        resume_from = None
+        if args.resume and rank == 0:
+            found = trainer.checkpoints()
+            resume_from = str(found[-1]) if found else None
+        resume_from = _broadcast(resume_from, rank, world)
+        if resume_from:
+            trainer.resume(resume_from)
+            if rank > 0:  # the saved generator is rank 0's: give this rank its own noise again
+                trainer.generator.manual_seed(train_config.seed * 1_000_003 + trainer.step)
+        if rank == 0:
+            summary = {"dataset": str(prepared.dataset.root), "world_size": world, "device": str(device),
+                       "train_episodes": prepared.train_episodes, "held_out_episodes": prepared.held_out,
+                       "train_frames": prepared.samples.num_frames,
+                       "image_memory_mb": round(prepared.samples.memory_bytes / 2**20, 1),
+                       "resumed_from": resume_from, "config": config}
+            (output / CONFIG_FILE).write_text(json.dumps(summary, indent=1))
+        batches = prepared.samples.batches(train_config.batch_size, prepared.config["train"]["seed"], rank,
+                                           start_step=trainer.step)
+        records = trainer.fit(batches, steps=train_config.total_steps, progress=rank == 0 and not args.quiet)
+        in_sync = _ranks_agree(model.policy, world)
+        final = None
+        if rank == 0:
+            with trainer.ema_weights():
+                final = save_checkpoint(model.policy, output / POLICY_DIR, overwrite=True)
+            _tensorboard(records, output / "tensorboard")
+        if world > 1:
+            dist.barrier()
+    except BaseException:
+        if rank == 0 and created and not (output / "checkpoints").is_dir():
+            shutil.rmtree(output, ignore_errors=True)
+        raise
+    finally:
+        if scratch:
+            shutil.rmtree(scratch, ignore_errors=True)
+    last = records[-1] if records else {}
+    return {"checkpoint": str(final) if final else None, "steps": trainer.step, "loss": last.get("loss"),
+            "samples_per_s": last.get("samples_per_s"), "log": str(output / LOG_FILE), "rank": rank,
+            "world_size": world, "ranks_in_sync": in_sync}
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="vla-ros train", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset", required=True, help="LeRobot v3 dataset directory")
+    parser.add_argument("--output", required=True, help="run directory (checkpoints, logs, final policy)")
+    parser.add_argument("--config", help=f"YAML file (see config/train_tiny.yaml) or a named config "
+                                         f"({', '.join(NAMED_CONFIGS)}); default: tiny")
+    parser.add_argument("--init", help="start from this policy checkpoint instead of random weights")
+    parser.add_argument("--profile", help="robot profile (default: model.profile, or the --init checkpoint's)")
+    parser.add_argument("--steps", type=int, help="total optimizer steps (overrides train.total_steps)")
+    parser.add_argument("--alpha", type=float, help="time-shift alpha (overrides model.alpha; 1 = uniform)")
+    parser.add_argument("--batch-size", type=int, help="per-process batch size (overrides train.batch_size)")
+    parser.add_argument("--seed", type=int, help="seed of the weights, batches and noise")
+    parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --output")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="CPU threads per process (0: torch's default; 1 is fastest for tiny models on a busy CPU)")
+    args = parser.parse_args(argv)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    rank = int(os.environ.get("RANK", "0"))
+    try:
+        config = load_train_config(args.config)
+        args.profile_given = args.profile is not None
+        if args.profile:
+            config["model"]["profile"] = args.profile
+        if args.steps is not None:
+            config["train"]["total_steps"] = args.steps
+        if args.alpha is not None:
+            config["model"]["alpha"] = args.alpha
+        if args.batch_size is not None:
+            config["train"]["batch_size"] = args.batch_size
+        if args.seed is not None:
+            config["model"]["seed"] = config["train"]["seed"] = config["data"]["split_seed"] = args.seed
+        summary = run(args, config)
+    except (ValueError, OSError, FloatingPointError) as error:
+        print(f"vla-ros train: {error}", file=sys.stderr)
+        return 1
+    finally:
+        if dist.is_initialized():
+            with contextlib.suppress(Exception):
+                dist.destroy_process_group()
+    if rank == 0:
+        print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
