@@ -1,0 +1,346 @@
+"""policy_node as its own process over real DDS: arming, rate, and fault injection.
+
+The test feeds camera frames and joint states itself (so it can stop, reorder or corrupt them)
+and watches the trajectories and /diagnostics the node publishes. A closed-loop test with sim_node
+lives in test_closed_loop.py.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from diagnostic_msgs.msg import DiagnosticArray
+from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import Bool
+from std_srvs.srv import SetBool, Trigger
+from trajectory_msgs.msg import JointTrajectory
+
+from vla_ros.policy.checkpoint import build_random_policy, load_checkpoint, save_checkpoint
+from vla_ros.robot.profile import config_dir, load_profile
+from vla_ros.ros import convert
+from vla_ros.ros.qos import image_qos, state_qos
+from vla_ros.ros.testing import NodeProcess, Probe, module_command, ros_context
+
+pytestmark = [pytest.mark.ros, pytest.mark.slow]
+
+HEIGHT, WIDTH = 48, 64
+DT = 0.02
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    """A small-camera profile and tiny checkpoints: normal, NaN output, 1e6 output, wrong dims."""
+    root = tmp_path_factory.mktemp("policy_node")
+    base = load_profile("aloha_sim")
+    profile_path = root / "profile.yaml"
+    profile_path.write_text(yaml.safe_dump({
+        "extends": base.source, "name": "aloha_sim_small",
+        "cameras": [{"name": "cam_high", "topic": base.cameras[0].topic, "width": WIDTH, "height": HEIGHT}],
+    }))
+    profile = load_profile(profile_path)
+    good = save_checkpoint(build_random_policy("tiny", profile, seed=0), root / "good")
+    bad = {}
+    for name, value in (("nan", float("nan")), ("huge", 1e6)):
+        policy = load_checkpoint(good)
+        with torch.no_grad():
+            policy.head.velocity_out.bias.fill_(value)
+        bad[name] = save_checkpoint(policy, root / name)
+    # A robot with 5 joints per arm: a checkpoint for 14 dims must not arm it.
+    five = {"extends": str(profile_path), "name": "five_joint_arm",
+            "arm_joints": ["waist", "shoulder", "elbow", "wrist_angle", "wrist_rotate"]}
+    raw = yaml.safe_load((config_dir() / "aloha_stationary.yaml").read_text())
+    five["limits"] = {k: v[:3] + v[4:] for k, v in raw["limits"].items()}  # without forearm_roll
+    five["start_pose"] = raw["start_pose"][:3] + raw["start_pose"][4:]
+    five_path = root / "five.yaml"
+    five_path.write_text(yaml.safe_dump(five))
+    return {"profile_path": str(profile_path), "profile": profile, "good": str(good),
+            "nan": str(bad["nan"]), "huge": str(bad["huge"]), "five_path": str(five_path)}
+
+
+class Feeder:
+    """Publishes follower joint states (both arms) and cam_high at 50 Hz from the test process;
+    each input can be stopped, reordered or corrupted on the fly. The 'robot' tracks the latest
+    command perfectly, so the node sees the pose it asked for."""
+
+    def __init__(self, probe: Probe, profile, pose: np.ndarray, commands: list[list]):
+        self.probe, self.profile, self.pose, self.commands = probe, profile, pose, commands
+        self.send_joints = self.send_camera = True
+        self.reorder_names = False
+        self.bad_image = None  # None, "encoding" or "size"
+        self.last_camera_stamp = None
+        node = probe.node
+        self.joint_pubs = [node.create_publisher(JointState, arm.joint_states_topic, state_qos())
+                           for arm in profile.arms]
+        self.image_pub = node.create_publisher(Image, profile.cameras[0].topic, image_qos())
+        self.image = np.random.default_rng(0).integers(0, 255, (HEIGHT, WIDTH, 3), dtype=np.uint8)
+        node.create_timer(DT, self.publish)
+
+    def now(self):
+        return self.probe.node.get_clock().now()
+
+    def follow_commands(self) -> None:
+        for index, (arm, received) in enumerate(zip(self.profile.arms, self.commands)):
+            if received:
+                _, targets = convert.trajectory_to_arm_targets(self.profile, arm, received[-1])
+                self.pose[self.profile.arm_slice(index)] = targets[0]
+
+    def publish(self) -> None:
+        stamp = self.now().to_msg()
+        self.follow_commands()
+        if self.send_joints:
+            for index, (arm, pub) in enumerate(zip(self.profile.arms, self.joint_pubs)):
+                part = self.pose[self.profile.arm_slice(index)]
+                msg = convert.arm_joint_state(self.profile, arm, part, np.zeros_like(part), stamp, "right_finger")
+                if self.reorder_names:
+                    order = [3, 8, 0, 6, 1, 7, 5, 2, 4]
+                    msg.name = [msg.name[i] for i in order] + ["extra_joint"]
+                    msg.position = [msg.position[i] for i in order] + [123.0]
+                    msg.velocity = [msg.velocity[i] for i in order] + [0.0]
+                pub.publish(msg)
+        if self.send_camera:
+            if self.bad_image == "size":
+                msg = convert.array_to_image(self.image[:, : WIDTH // 2].copy(), "rgb8", stamp, bridge=None)
+            else:
+                msg = convert.array_to_image(self.image, "rgb8", stamp, bridge=None)
+                if self.bad_image == "encoding":
+                    msg.encoding = "32FC1"
+            self.image_pub.publish(msg)
+            self.last_camera_stamp = convert.time_to_seconds(stamp)
+
+
+class Session:
+    """policy_node process + probe + feeder, and the observations the tests assert on."""
+
+    def __init__(self, probe: Probe, node: NodeProcess, profile):
+        self.probe, self.node, self.profile = probe, node, profile
+        self.commands = [probe.subscribe(JointTrajectory, arm.command_topic) for arm in profile.arms]
+        self.feeder = Feeder(probe, profile, profile.start_pose.copy(), self.commands)
+        self.diagnostics = probe.subscribe(DiagnosticArray, "/diagnostics")
+        self.estop_pub = probe.node.create_publisher(Bool, "/policy_node/estop", state_qos())
+
+    def values(self, msg) -> dict:
+        for status in msg.status:
+            if status.name.startswith("policy_node"):
+                return {kv.key: kv.value for kv in status.values}
+        return {}
+
+    def latest(self) -> dict:
+        for msg in reversed(self.diagnostics):
+            values = self.values(msg)
+            if values:
+                return values
+        return {}
+
+    def wait_ready(self) -> None:
+        self.probe.wait_for(lambda: bool(self.latest()), 120.0, "policy_node diagnostics", self.node)
+
+    def enable(self, on: bool = True):
+        return self.probe.call(SetBool, "/policy_node/enable", SetBool.Request(data=on), 30.0, self.node)
+
+    def enable_when_inputs_fresh(self):
+        deadline = time.monotonic() + 30.0
+        while True:
+            response = self.enable()
+            if response.success or time.monotonic() > deadline:
+                return response
+            self.probe.spin_for(0.2)
+
+    def targets(self, arm_index: int = 0) -> list[tuple[float, np.ndarray]]:
+        """(stamp, 7 normalised targets) of every command received for one arm."""
+        out = []
+        for msg in self.commands[arm_index]:
+            _, targets = convert.trajectory_to_arm_targets(self.profile, self.profile.arms[arm_index], msg)
+            out.append((convert.time_to_seconds(msg.header.stamp), targets[0]))
+        return out
+
+    def states_since(self, index: int) -> list[tuple[float, str]]:
+        out = []
+        for msg in self.diagnostics[index:]:
+            values = self.values(msg)
+            if values:
+                out.append((convert.time_to_seconds(msg.header.stamp), values.get("state", "")))
+        return out
+
+
+@pytest.fixture
+def session_factory(ros_domain, assets):
+    opened = []
+
+    def start(checkpoint: str | None = None, profile_path: str | None = None, **params) -> Session:
+        node_params = {"profile": profile_path or assets["profile_path"], "checkpoint": checkpoint or assets["good"],
+                       "instruction": "transfer the cube", "soft_start_time": 0.2, "diagnostics_period": 0.5,
+                       "max_camera_age": 0.08, "max_joint_state_age": 0.08, **params}
+        node = NodeProcess(module_command("vla_ros.ros.policy_node"), params=node_params, domain_id=ros_domain)
+        context_manager = ros_context(ros_domain)
+        context = context_manager.__enter__()
+        probe = Probe(context)
+        opened.append((node, probe, context_manager))
+        session = Session(probe, node, assets["profile"])
+        session.wait_ready()
+        return session
+
+    yield start
+    for node, probe, context_manager in opened:
+        probe.close()
+        context_manager.__exit__(None, None, None)
+        node.stop()
+
+
+def _within_limits(profile, arm_index: int, target: np.ndarray) -> bool:
+    part = profile.arm_slice(arm_index)
+    return bool(np.all(np.isfinite(target)) and np.all(target >= profile.safe_lower()[part] - 1e-9)
+                and np.all(target <= profile.safe_upper()[part] + 1e-9))
+
+
+def test_disarmed_publishes_nothing_then_streams_at_control_rate(session_factory):
+    s = session_factory()
+    s.probe.spin_for(2.0)
+    assert all(len(c) == 0 for c in s.commands), "commands published before enable"
+    assert s.latest()["state"] == "disarmed"
+    response = s.enable_when_inputs_fresh()
+    assert response.success, response.message
+    s.probe.spin_for(1.0)
+    start = [len(c) for c in s.commands]
+    window = 3.0
+    s.probe.spin_for(window)
+    for arm_index, arm in enumerate(s.profile.arms):
+        received = s.commands[arm_index][start[arm_index]:]
+        rate = len(received) / window
+        assert 45.0 <= rate <= 55.0, (f"{arm.name}: {rate:.1f} trajectories/s, expected 50 +- 10%\n"
+                                      f"{s.states_since(0)}\n{s.latest()}\n{s.node.report()}")
+        for msg in received:
+            assert list(msg.joint_names) == list(s.profile.command_joint_names(arm))
+            assert len(msg.points) == 1
+            assert convert.duration_to_seconds(msg.points[0].time_from_start) == pytest.approx(DT)
+    assert all(_within_limits(s.profile, 0, t) for _, t in s.targets(0))
+    assert s.enable(False).success
+    s.probe.spin_for(0.3)
+    counts = [len(c) for c in s.commands]
+    s.probe.spin_for(0.5)
+    assert [len(c) for c in s.commands] == counts, "commands published after disarm"
+
+
+def _first_state_after(s: Session, since: int, state: str, after: float) -> float:
+    for stamp, value in s.states_since(since):
+        if value == state and stamp >= after:
+            return stamp
+    raise AssertionError(f"no '{state}' after t={after:.3f}: {s.states_since(since)}\n{s.node.report()}")
+
+
+def test_camera_stop_holds_within_100ms_and_recovers(session_factory):
+    s = session_factory()
+    assert s.enable_when_inputs_fresh().success
+    s.probe.spin_for(1.0)
+    marker = len(s.diagnostics)
+    s.feeder.send_camera = False
+    s.probe.spin_for(0.05)
+    last_frame = s.feeder.last_camera_stamp
+    s.probe.wait_for(lambda: any(v == "holding" for _, v in s.states_since(marker)), 5.0, "holding", s.node)
+    hold_at = _first_state_after(s, marker, "holding", 0.0)
+    assert hold_at - last_frame <= 0.1, f"hold came {1e3 * (hold_at - last_frame):.0f} ms after the last frame"
+    # A hold brakes within the acceleration limit, then every command is the same target.
+    braking = float(np.max(s.profile.velocity_limit / s.profile.acceleration_limit))
+    s.probe.spin_for(braking + 0.5)
+    held = [t for stamp, t in s.targets(0) if stamp > hold_at + braking + DT]
+    assert held and all(np.array_equal(held[0], t) for t in held)
+    marker = len(s.diagnostics)
+    s.feeder.send_camera = True
+    s.probe.wait_for(lambda: any(v in ("running", "ramping") for _, v in s.states_since(marker)), 5.0,
+                     "recovery after the camera resumed", s.node)
+    assert "interventions:hold_stale" in s.latest() or int(s.latest().get("ticks", 0)) > 0
+
+
+def test_joint_states_stop_holds(session_factory):
+    s = session_factory()
+    assert s.enable_when_inputs_fresh().success
+    s.probe.spin_for(0.5)
+    marker = len(s.diagnostics)
+    s.feeder.send_joints = False
+    s.probe.wait_for(lambda: any(v in ("holding", "fault") for _, v in s.states_since(marker)), 5.0,
+                     "hold after joint states stopped", s.node)
+    hold_at = next(stamp for stamp, v in s.states_since(marker) if v in ("holding", "fault"))
+    braking = float(np.max(s.profile.velocity_limit / s.profile.acceleration_limit))
+    s.probe.spin_for(braking + 0.5)
+    after = [t for stamp, t in s.targets(0) if stamp > hold_at + braking + DT]
+    assert all(np.array_equal(after[0], t) for t in after), "motion while joint states were missing"
+
+
+@pytest.mark.parametrize("checkpoint", ["nan", "huge"])
+def test_checkpoint_with_unsafe_outputs_publishes_no_unsafe_command(session_factory, assets, checkpoint):
+    s = session_factory(checkpoint=assets[checkpoint])
+    assert s.enable_when_inputs_fresh().success
+    s.probe.spin_for(2.0)
+    assert s.node.alive(), s.node.report()
+    targets = s.targets(0) + s.targets(1)
+    assert targets, "no command at all (holds are expected)"
+    for arm_index in (0, 1):
+        previous = None
+        for _, target in s.targets(arm_index):
+            assert _within_limits(s.profile, arm_index, target)
+            if previous is not None:
+                step = np.abs(target - previous)
+                assert np.all(step <= s.profile.velocity_limit[s.profile.arm_slice(arm_index)] * DT * 1.001 + 1e-9)
+            previous = target
+    values = s.latest()
+    rejected = {k: v for k, v in values.items() if k.startswith(("chunks_rejected:", "interventions:"))}
+    # NaN chunks are refused outright; 1e6 is a number the safety filter clamps to the limits.
+    expected = "chunks_rejected:non_finite" if checkpoint == "nan" else "interventions:clamp_position"
+    assert int(values.get(expected, 0)) > 0, f"unsafe outputs not reported as {expected}: {rejected}"
+
+
+def test_estop_holds_from_the_next_tick_and_needs_reset(session_factory):
+    s = session_factory()
+    assert s.enable_when_inputs_fresh().success
+    s.probe.spin_for(0.5)
+    s.estop_pub.publish(Bool(data=True))
+    sent = s.probe.node.get_clock().now().nanoseconds * 1e-9
+    s.probe.spin_for(1.0)
+    after = [t for stamp, t in s.targets(0) if stamp > sent + 2 * DT]
+    assert after and all(np.array_equal(after[0], t) for t in after), "motion after e-stop"
+    assert s.latest()["state"] == "estopped"
+    assert not s.enable().success, "armed while the e-stop is latched"
+    reset = s.probe.call(Trigger, "/policy_node/reset_estop", Trigger.Request(), 10.0, s.node)
+    assert reset.success
+    assert s.enable_when_inputs_fresh().success
+
+
+def test_reordered_and_extra_joint_names_are_decoded_by_name(session_factory):
+    s = session_factory()
+    s.feeder.reorder_names = True
+    assert s.enable_when_inputs_fresh().success, s.latest()
+    s.probe.wait_for(lambda: len(s.commands[0]) > 0, 10.0, "first command", s.node)
+    _, first = s.targets(0)[0]
+    # Soft start begins at the MEASURED pose: a wrong decoding would start elsewhere.
+    start = s.profile.start_pose[s.profile.arm_slice(0)]
+    assert np.all(np.abs(first - start) <= s.profile.velocity_limit[:7] * DT + 1e-6), (first, start)
+    assert not any(k.startswith("input_errors:bad_joint_state") for k in s.latest())
+
+
+@pytest.mark.parametrize("fault", ["encoding", "size"])
+def test_bad_images_are_reported_not_fatal(session_factory, fault):
+    s = session_factory()
+    s.feeder.bad_image = fault
+    s.probe.wait_for(lambda: any(k.startswith("input_errors:bad_image") for k in s.latest()), 10.0,
+                     "bad image reported", s.node)
+    values = s.latest()
+    assert "cam_high" in values["last_input_error"]
+    response = s.enable()
+    assert not response.success and "camera" in response.message
+    assert s.node.alive()
+    s.feeder.bad_image = None
+    assert s.enable_when_inputs_fresh().success
+
+
+def test_mismatched_checkpoint_refuses_to_arm(session_factory, assets):
+    s = session_factory(profile_path=assets["five_path"])
+    values = s.latest()
+    assert values["policy_loaded"] == "False"
+    assert "12" in values["load_error"] and "14" in values["load_error"], values["load_error"]
+    response = s.enable()
+    assert not response.success and "not loaded" in response.message
+    assert all(len(c) == 0 for c in s.commands)
+    assert s.node.alive()
