@@ -59,6 +59,10 @@ def test_record_train_and_load(ros_domain, tmp_path):
             ros_context(ros_domain) as context, Probe(context) as probe:
         done = probe.subscribe(Bool, "/scripted_leader/done")
         probe.subscribe(DiagnosticArray, "/diagnostics")
+        # The recorder refuses to start until every input is live (DDS discovery takes a while).
+        probe.wait_for(lambda: probe.call(Trigger, "/recorder_node/start", Trigger.Request(), TIMEOUT,
+                                          recorder).success, TIMEOUT, "the recorder's inputs", recorder)
+        call(probe, recorder, "/recorder_node/discard")
         for _ in range(EPISODES):
             seen = len(done)
             call(probe, leader, "/scripted_leader/start")  # resets the sim, then plays

@@ -234,6 +234,14 @@ def call(probe, node, service):
     return probe.call(Trigger, f"/recorder_node/{service}", Trigger.Request(), 30.0, node)
 
 
+def start_when_live(probe, node):
+    """~/start, repeated until the recorder hears every input (it refuses to record silence)."""
+    replies = []
+    probe.wait_for(lambda: replies.append(call(probe, node, "start")) or replies[-1].success, 30.0,
+                   "the recorder to start", node)
+    return replies[-1]
+
+
 def set_parameter(probe, node, name, value):
     request = SetParameters.Request(parameters=[Parameter(name, value=value).to_parameter_msg()])
     return probe.call(SetParameters, "/recorder_node/set_parameters", request, 30.0, node).results[0]
@@ -260,7 +268,7 @@ def test_records_an_episode_with_the_task_from_the_topic(recorder):
     task_pub.publish(String(data="  hand the cube over  "))
     probe.wait_for(lambda: diagnostics(probe).get("task") == "hand the cube over", 20.0, "the task to be set", node)
 
-    started = call(probe, node, "start")
+    started = start_when_live(probe, node)
     assert started.success, started.message
     assert not call(probe, node, "start").success  # one episode at a time
     probe.spin_for(1.0)
@@ -285,7 +293,7 @@ def test_low_camera_rate_is_refused_until_discarded_or_overridden(recorder):
     robot.camera_every = 10  # 5 Hz against 50 fps, below the 0.3 threshold
     try:
         for override in (False, True):
-            assert call(probe, node, "start").success
+            assert start_when_live(probe, node).success
             probe.spin_for(1.2)
             refused = call(probe, node, "stop")
             assert not refused.success
@@ -313,7 +321,7 @@ def test_low_camera_rate_is_refused_until_discarded_or_overridden(recorder):
 def test_late_inputs_are_counted_in_diagnostics_and_the_stop_reply(recorder):
     node, probe, robot, _ = recorder
     set_parameter(probe, node, "task", "late leader")
-    assert call(probe, node, "start").success
+    assert start_when_live(probe, node).success
     probe.spin_for(0.5)
     robot.leader_paused = True
     try:
@@ -354,7 +362,7 @@ def test_shutdown_finishes_a_pending_save(ros_domain, profile_path, tmp_path, im
         robot = FakeRobot(probe, load_profile(profile_path), compressed=image_format == "compressed",
                           stamped=stamp_source == "header")
         probe.wait_for_subscribers(robot.camera_pub, 1, STARTUP_TIMEOUT, node)
-        assert call(probe, node, "start").success
+        assert start_when_live(probe, node).success
         probe.spin_for(1.0)
         assert call(probe, node, "stop").success
         assert node.stop() == 0, node.report()  # SIGINT right after the stop, save still running
@@ -388,3 +396,12 @@ def test_params_file_documents_every_parameter():
     assert "recorder_node:" in text
     for spec in PARAMETERS:
         assert f"\n    {spec.name}: " in text, f"config/recorder_node.yaml lacks {spec.name}"
+
+
+def test_silent_inputs_are_named_and_slow_ones_are_not():
+    sampler = identity_sampler(tolerance=0.1)
+    assert sampler.silent_inputs(5.0) == ["joints", "camera"]
+    sampler.update("joints", 4.9, "j")
+    sampler.update("camera", 4.5, "c")  # slow (5 Hz) but alive
+    assert sampler.silent_inputs(5.0) == []
+    assert sampler.silent_inputs(5.85) == ["camera"]

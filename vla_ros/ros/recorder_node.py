@@ -131,6 +131,13 @@ class FrameSampler:
             raise RuntimeError("no episode to stop")
         self.stopped_at = max(float(time), self.started_at)
 
+    def silent_inputs(self, time: float, window: float = 1.0) -> list[str]:
+        """Inputs with no message in the ``window`` seconds before ``time``: an episode started now
+        would record nothing from them (a wrong topic name, or DDS discovery still under way).
+        A merely slow input is not silent; the rate check at the stop deals with it."""
+        return [name for name in self.decoders
+                if name not in self._latest or abs(time - self._latest[name][0]) > window]
+
     def update(self, name: str, stamp: float, message: Any) -> None:
         """Take the newest message of input ``name``, stamped ``stamp`` seconds."""
         if name not in self.decoders:
@@ -335,6 +342,11 @@ class RecorderNode(Node):
         if not task:
             response.success = False
             response.message = "no task: set the 'task' parameter or publish the task text on ~/task"
+            return response
+        silent = self.sampler.silent_inputs(self.now())
+        if silent:
+            response.success = False
+            response.message = f"cannot start: no recent messages from {', '.join(silent)} (check the topics)"
             return response
         try:
             self.writer.start_episode(task)
