@@ -37,7 +37,6 @@ def run(profile_name: str, ticks: int, blend: str, horizon: int, replan_ticks: i
     controller = Controller(profile, ControllerConfig(chunk_blend=blend, soft_start_time=0.5))
     dt = controller.dt
     rng = np.random.default_rng(seed)
-    centre = (profile.safe_lower() + profile.safe_upper()) / 2
     amplitude = (profile.safe_upper() - profile.safe_lower()) * 0.2
     phase = rng.uniform(0, 2 * np.pi, profile.action_dim)
 

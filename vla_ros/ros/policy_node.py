@@ -20,10 +20,9 @@ from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
 from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import Bool, String
@@ -36,6 +35,7 @@ from vla_ros.robot.profile import ProfileError, load_profile
 from vla_ros.ros import convert
 from vla_ros.ros.params import ParameterError, ParamSpec, declare_parameters
 from vla_ros.ros.qos import image_qos, state_qos
+from vla_ros.ros.node_main import run_node
 
 PARAMETERS = (
     ParamSpec("profile", "aloha_stationary", "robot profile: bundled name (config/<name>.yaml) or a YAML path"),
@@ -356,33 +356,15 @@ class PolicyNode(Node):
         msg.header.stamp = self.get_clock().now().to_msg()
         self.diagnostics_publisher.publish(msg)
 
-    def shutdown(self) -> None:
+    def close(self) -> None:
+        """Stop the inference worker before the node goes away."""
         self._stop.set()
         self._worker.join(timeout=5.0)
 
 
 def main(argv: list[str] | None = None) -> int:
-    rclpy.init(args=argv if argv is not None else sys.argv)
-    node = None
-    try:
-        node = PolicyNode()
-    except (ParameterError, ProfileError) as exc:  # configuration errors: say what, not a traceback
-        print(f"policy_node: {exc}", file=sys.stderr)
-        rclpy.shutdown()
-        return 2
-    try:
-        executor = MultiThreadedExecutor(num_threads=3)
-        executor.add_node(node)
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.shutdown()
-            node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
-    return 0
+    return run_node("policy_node", PolicyNode, (ParameterError, ProfileError), argv,
+                    make_executor=lambda: MultiThreadedExecutor(num_threads=3))
 
 
 if __name__ == "__main__":

@@ -26,10 +26,8 @@ from functools import partial
 from typing import Any
 
 import numpy as np
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import SetParametersResult
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from sensor_msgs.msg import CompressedImage, Image, JointState
@@ -42,6 +40,7 @@ from vla_ros.robot.profile import CameraSpec, ProfileError, RobotProfile, load_p
 from vla_ros.ros import convert
 from vla_ros.ros.params import ParameterError, ParamSpec, declare_parameters
 from vla_ros.ros.qos import RELIABILITIES, image_qos, qos_profile, state_qos
+from vla_ros.ros.node_main import run_node
 
 
 PARAMETERS = (
@@ -472,25 +471,8 @@ class RecorderNode(Node):
 
 
 def main(argv: list[str] | None = None) -> int:
-    rclpy.init(args=argv if argv is not None else sys.argv)
-    node = None
-    try:
-        try:
-            node = RecorderNode()
-        except (ParameterError, ProfileError, DatasetError, ValueError, OSError) as exc:
-            print(f"recorder_node: {exc}", file=sys.stderr)
-            return 2
-        executor = SingleThreadedExecutor()
-        executor.add_node(node)
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.close()
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return run_node("recorder_node", RecorderNode, (ParameterError, ProfileError, DatasetError, ValueError, OSError),
+                    argv)
 
 
 if __name__ == "__main__":

@@ -23,9 +23,8 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-import rclpy
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Bool
@@ -38,6 +37,7 @@ from vla_ros.ros.params import ParameterError, ParamSpec, declare_parameters
 from vla_ros.ros.qos import state_qos
 from vla_ros.sim.aloha_sim import ACTION_DIM, SIM_DT
 from vla_ros.sim.scripted import ScriptedLeader
+from vla_ros.ros.node_main import run_node
 
 # sim_node's ~/reset reply, e.g. "episode 3 seed 7"
 SIM_RESET_REPLY = re.compile(r"episode (\d+) seed (\d+)")
@@ -185,24 +185,8 @@ class ScriptedLeaderNode(Node):
 
 
 def main(argv: list[str] | None = None) -> int:
-    rclpy.init(args=argv if argv is not None else sys.argv)
-    node = None
-    try:
-        try:
-            node = ScriptedLeaderNode()
-        except (ParameterError, ProfileError, ValueError) as exc:
-            print(f"scripted_leader: {exc}", file=sys.stderr)
-            return 2
-        executor = MultiThreadedExecutor(num_threads=3)
-        executor.add_node(node)
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return run_node("scripted_leader", ScriptedLeaderNode, (ParameterError, ProfileError, ValueError), argv,
+                    make_executor=lambda: MultiThreadedExecutor(num_threads=3))
 
 
 if __name__ == "__main__":

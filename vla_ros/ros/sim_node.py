@@ -19,9 +19,7 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import CompressedImage, Image, JointState
@@ -34,6 +32,7 @@ from vla_ros.ros import convert
 from vla_ros.ros.params import ParameterError, ParamSpec, declare_parameters
 from vla_ros.ros.qos import RELIABILITIES, image_qos, state_qos
 from vla_ros.sim.aloha_sim import ACTION_DIM, SIM_CAMERA_FOR_PROFILE_CAMERA, SIM_DT, TASKS, AlohaSim
+from vla_ros.ros.node_main import run_node
 
 
 PARAMETERS = (
@@ -261,24 +260,8 @@ class SimNode(Node):
 
 
 def main(argv: list[str] | None = None) -> int:
-    rclpy.init(args=argv if argv is not None else sys.argv)
-    node = None
-    try:
-        try:
-            node = SimNode()
-        except (ParameterError, ProfileError, ValueError) as exc:  # bad configuration: say which
-            print(f"sim_node: {exc}", file=sys.stderr)
-            return 2
-        executor = SingleThreadedExecutor()
-        executor.add_node(node)
-        node.run(executor)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        if node is not None:
-            node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+    return run_node("sim_node", SimNode, (ParameterError, ProfileError, ValueError), argv,
+                    spin=lambda node, executor: node.run(executor))
 
 
 if __name__ == "__main__":
