@@ -145,7 +145,7 @@ class Controller:
     def check_inputs(self, now: float, joint_state_stamps, camera_stamps) -> GateResult:
         return self.gate.check(now, joint_state_stamps or {}, camera_stamps or {})
 
-    def on_chunk(self, chunk, capture_time: float) -> bool:
+    def on_chunk(self, chunk, capture_time: float, now: float | None = None) -> bool:
         """Queue a predicted chunk (capture_time: the GateResult's). Never raises: a rejected chunk
         is counted (chunks_rejected:<why>) and the executor keeps what it had."""
         if not self.safety.armed:
@@ -162,8 +162,9 @@ class Controller:
             self._count_chunk("chunks_rejected:expired")
             return False
         self._count_chunk("chunks_accepted")
-        if self._last_now is not None:
-            self._last_chunk_latency = self._last_now - capture_time
+        arrival = now if now is not None else self._last_now  # `now`: exact; else the last tick's
+        if arrival is not None:
+            self._last_chunk_latency = arrival - capture_time
         return True
 
     def _count_chunk(self, kind: str) -> None:

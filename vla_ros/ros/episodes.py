@@ -80,6 +80,18 @@ def _diagnostic_values(msg: DiagnosticArray, prefix: str) -> dict | None:
     return None
 
 
+def write_camera_size_profile(profile, width: int, height: int, directory: str | os.PathLike) -> str:
+    """A profile YAML in `directory` that extends `profile` with every camera at width x height:
+    nodes check frame sizes against the profile, so smaller test/benchmark frames need one."""
+    import yaml
+
+    cameras = [{"name": c.name, "topic": c.topic, "width": int(width), "height": int(height)}
+               for c in profile.cameras]
+    path = Path(directory) / f"{profile.name}_{width}x{height}.yaml"
+    path.write_text(yaml.safe_dump({"extends": profile.source, "name": profile.name, "cameras": cameras}))
+    return str(path)
+
+
 class SimSession:
     """sim_node + policy_node on a reserved ROS domain; use as a context manager."""
 
@@ -94,8 +106,9 @@ class SimSession:
 
         try:
             self.domain = int(self._stack.enter_context(domain_id()))
+            # The children get the domain through their environment only: this process keeps its
+            # own (the client context below is bound to the domain explicitly).
             env = {"ROS_DOMAIN_ID": str(self.domain), "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST"}
-            os.environ.update(env)
             cfg = self.config
             self.sim = self._stack.enter_context(NodeProcess(
                 node_command("sim_node"), domain_id=self.domain, env=env,
@@ -126,14 +139,8 @@ class SimSession:
             return self.profile.source
         import tempfile
 
-        import yaml
-
-        cameras = [{"name": c.name, "topic": c.topic, "width": self.config.image_width,
-                    "height": self.config.image_height} for c in self.profile.cameras]
-        path = Path(self._stack.enter_context(tempfile.TemporaryDirectory())) / "session_profile.yaml"
-        path.write_text(yaml.safe_dump({"extends": self.profile.source, "name": self.profile.name,
-                                        "cameras": cameras}))
-        return str(path)
+        directory = self._stack.enter_context(tempfile.TemporaryDirectory())
+        return write_camera_size_profile(self.profile, self.config.image_width, self.config.image_height, directory)
 
     def _subscribe(self) -> None:
         self.success_msgs = self.probe.subscribe(Bool, "/sim_node/success")

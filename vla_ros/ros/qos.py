@@ -34,6 +34,14 @@ def image_qos(reliability: str = DEFAULT_IMAGE_RELIABILITY, depth: int = DEFAULT
     return qos_profile(reliability, depth)
 
 
+def latest_state_qos(reliability: str = "best_effort") -> QoSProfile:
+    """Subscriptions that only ever use the newest joint state (depth 1). best_effort by default:
+    measured here, reliable subscriptions received 50 Hz joint states in bursts up to 0.3 s old next
+    to large image traffic (a lost sample holds back newer ones); best_effort stayed within 0.11 s.
+    Freshness is still gated downstream, so a dropped sample only ages the latest one."""
+    return qos_profile(reliability, 1)
+
+
 def state_qos(depth: int = DEFAULT_STATE_DEPTH) -> QoSProfile:
     """Joint states and commands: reliable, small messages."""
     return qos_profile("reliable", depth)

@@ -39,7 +39,7 @@ from vla_ros.robot import decode
 from vla_ros.robot.profile import CameraSpec, ProfileError, RobotProfile, load_profile
 from vla_ros.ros import convert
 from vla_ros.ros.params import ParameterError, ParamSpec, declare_parameters
-from vla_ros.ros.qos import RELIABILITIES, image_qos, qos_profile, state_qos
+from vla_ros.ros.qos import RELIABILITIES, image_qos, latest_state_qos, state_qos
 from vla_ros.ros.node_main import run_node
 
 
@@ -68,9 +68,6 @@ PARAMETERS = (
     ParamSpec("diagnostics_period", 1.0, "seconds between /diagnostics messages", minimum=0.05, maximum=60.0),
 )
 DYNAMIC_PARAMETERS = ("task", "allow_low_rate", "min_rate_fraction")
-# Only the newest joint state is sampled: a deeper queue would, when this node falls behind, hand
-# it a backlog of old messages that are then all late while newer ones wait.
-JOINT_STATE_DEPTH = 1
 FRAME_RATE_KEY = "recorded frames"
 
 
@@ -261,7 +258,7 @@ class RecorderNode(Node):
 
         use_header = self.params["stamp_source"] == "header"
         self.input_topics: dict[str, str] = {}
-        joint_qos = qos_profile(self.params["joint_state_qos"], JOINT_STATE_DEPTH)
+        joint_qos = latest_state_qos(self.params["joint_state_qos"])
         for arm in self.profile.arms:
             for name, topic in ((follower_input(arm), arm.joint_states_topic),
                                 (leader_input(arm), arm.leader_joint_states_topic)):

@@ -1,0 +1,58 @@
+"""`vla-ros sim-eval` end to end: sim_node and policy_node as processes, a tiny random policy.
+
+A random policy is not expected to succeed; the test checks that the report is complete and
+consistent (both step counts, success fields, a valid 95% interval, commands actually reached
+the robot) and that the first episode's video is written.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import pytest
+
+from vla_ros.policy.checkpoint import build_random_policy, save_checkpoint
+from vla_ros.robot.profile import load_profile
+from vla_ros.ros import sim_eval
+
+pytestmark = [pytest.mark.ros, pytest.mark.slow, pytest.mark.timeout(300)]
+
+EPISODE_STEPS = 60
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sim_eval")
+    return str(save_checkpoint(build_random_policy("tiny", load_profile("aloha_sim"), seed=0), root / "tiny"))
+
+
+def test_sim_eval_reports_both_step_counts_and_writes_the_video(checkpoint, tmp_path, ros_domain, capsys):
+    report_path, video_dir = tmp_path / "report.json", tmp_path / "videos"
+    code = sim_eval.main(["--checkpoint", checkpoint, "--episodes", "1", "--steps", "1,2",
+                          "--episode-steps", str(EPISODE_STEPS), "--image-size", "48x64",
+                          "--profile", "aloha_sim", "--report", str(report_path), "--video-dir", str(video_dir)])
+    assert code == 0, capsys.readouterr().err
+    assert os.environ["ROS_DOMAIN_ID"] == str(ros_domain), "the session leaked its ROS domain into this process"
+    report = json.loads(report_path.read_text())
+    assert report["image_size"] == [48, 64]
+    assert set(report["by_steps"]) == {"1", "2"}
+    for steps, summary in report["by_steps"].items():
+        assert summary["episodes"] == 1
+        assert summary["successes"] in (0, 1)
+        assert summary["success_rate"] == summary["successes"]
+        low, high = summary["success_rate_95ci"]
+        assert 0.0 <= low <= summary["success_rate"] <= high <= 1.0
+        assert len(summary["commands_published_per_episode"]) == 1
+        assert summary["commands_published_per_episode"][0] > 0, f"steps={steps}: no command reached the robot"
+        assert math.isfinite(summary["inference_ms_p50"]) and summary["inference_ms_p50"] > 0
+        (episode,) = summary["per_episode"]
+        assert episode["steps"] >= EPISODE_STEPS
+        assert isinstance(episode["success"], bool)
+        video = video_dir / f"steps{steps}_episode0.mp4"
+        assert video.is_file() and video.stat().st_size > 0, f"no video for steps={steps}"
+
+
+def test_sim_eval_rejects_a_directory_without_a_checkpoint(tmp_path):
+    assert sim_eval.main(["--checkpoint", str(tmp_path), "--report", str(tmp_path / "r.json")]) == 2
