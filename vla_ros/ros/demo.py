@@ -42,6 +42,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", default="out/demo", help="directory for summary.json (and the video)")
     parser.add_argument("--video", action="store_true", help="write the first episode's camera as an mp4")
+    parser.add_argument("--raw-images", action="store_true",
+                        help="send raw rgb8 frames between the nodes instead of JPEG (raw 640x480 delayed "
+                             "joint states past the freshness gate on a 2-core machine)")
     args = parser.parse_args(argv)
 
     from vla_ros.ros.episodes import SessionConfig, SimSession, summarize
@@ -59,7 +62,7 @@ def main(argv: list[str]) -> int:
         print("vla-ros demo: no trained checkpoint is bundled, so the arms will move but not solve the task", flush=True)
 
     config = SessionConfig(checkpoint=str(checkpoint), profile=args.profile, steps=args.steps, seed=args.seed,
-                           episode_steps=args.episode_steps,
+                           episode_steps=args.episode_steps, compressed_images=not args.raw_images,
                            video_path=str(output / "episode0.mp4") if args.video else "")
     results = []
     try:

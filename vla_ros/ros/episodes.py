@@ -18,12 +18,13 @@ from pathlib import Path
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray
-from sensor_msgs.msg import Image, JointState
+from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import Bool, Float32
 from std_srvs.srv import SetBool, Trigger
 from trajectory_msgs.msg import JointTrajectory
 
 from vla_ros.robot.profile import load_profile
+from vla_ros.ros import convert
 from vla_ros.ros.qos import image_qos
 from vla_ros.ros.testing import NodeProcess, Probe, module_command, ros_context
 
@@ -49,6 +50,9 @@ class SessionConfig:
     image_height: int = 480
     deterministic: bool = False
     soft_start_time: float = 0.2
+    # JPEG between sim_node and policy_node: measured here, raw 640x480 frames over Fast DDS delayed
+    # the small joint-state messages past the 0.1 s freshness gate (holds); JPEG did not.
+    compressed_images: bool = True
     video_path: str = ""  # write cam_high of the first episode to this mp4
     startup_timeout: float = 120.0
 
@@ -113,12 +117,14 @@ class SimSession:
             self.sim = self._stack.enter_context(NodeProcess(
                 node_command("sim_node"), domain_id=self.domain, env=env,
                 params={"profile": cfg.profile, "task": cfg.task, "seed": cfg.seed,
-                        "image_width": cfg.image_width, "image_height": cfg.image_height}))
+                        "image_width": cfg.image_width, "image_height": cfg.image_height,
+                        "image_format": "jpeg" if cfg.compressed_images else "raw"}))
             self.policy = self._stack.enter_context(NodeProcess(
                 node_command("policy_node"), domain_id=self.domain, env=env,
                 params={"profile": self._profile_for_policy(), "checkpoint": cfg.checkpoint,
                         "instruction": cfg.instruction, "steps": cfg.steps,
-                        "deterministic": cfg.deterministic, "soft_start_time": cfg.soft_start_time}))
+                        "deterministic": cfg.deterministic, "soft_start_time": cfg.soft_start_time,
+                        "image_transport": "compressed" if cfg.compressed_images else "raw"}))
             context = self._stack.enter_context(ros_context(self.domain))
             self.probe = self._stack.enter_context(Probe(context, "sim_session_client"))
             self._subscribe()
@@ -148,7 +154,10 @@ class SimSession:
         self.joint_msgs = self.probe.subscribe(JointState, self.profile.arms[0].joint_states_topic)
         self.command_msgs = self.probe.subscribe(JointTrajectory, self.profile.arms[0].command_topic)
         self.diagnostic_msgs = self.probe.subscribe(DiagnosticArray, "/diagnostics")
-        self.image_msgs = (self.probe.subscribe(Image, self.profile.cameras[0].topic, image_qos())
+        compressed = self.config.compressed_images
+        self.image_msgs = (self.probe.subscribe(CompressedImage if compressed else Image,
+                                                convert.camera_topic(self.profile.cameras[0].topic, compressed),
+                                                image_qos())
                            if self.config.video_path else None)
 
     def _wait_until_ready(self) -> None:
@@ -230,12 +239,10 @@ def write_video(path: str, messages: list, fps: float) -> None:
     """cam_high frames of an episode -> mp4 (h264) for a person to look at."""
     import av
 
-    from vla_ros.robot.decode import image_to_array
-
     if not messages:
         return
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    frames = [image_to_array(m) for m in messages]
+    frames = [convert.any_image_to_array(m) for m in messages]
     height, width = frames[0].shape[:2]
     with av.open(path, "w") as container:
         stream = container.add_stream("libx264", rate=int(round(fps)))

@@ -36,6 +36,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--episode-steps", type=int, default=400)
     parser.add_argument("--image-size", default="", help="HxW rendered by sim_node (default: the profile's)")
     parser.add_argument("--deterministic", action="store_true", help="zero initial noise")
+    parser.add_argument("--raw-images", action="store_true",
+                        help="send raw rgb8 frames between the nodes instead of JPEG (raw 640x480 delayed "
+                             "joint states past the freshness gate on a 2-core machine)")
     parser.add_argument("--video-dir", default="", help="write the first episode of each step count as mp4")
     args = parser.parse_args(argv)
     if args.episodes < 1:
@@ -57,7 +60,8 @@ def main(argv: list[str]) -> int:
         video = str(Path(args.video_dir) / f"steps{steps}_episode0.mp4") if args.video_dir else ""
         config = SessionConfig(checkpoint=args.checkpoint, profile=args.profile, steps=steps, seed=args.seed,
                                episode_steps=args.episode_steps, image_width=width, image_height=height,
-                               deterministic=args.deterministic, video_path=video)
+                               deterministic=args.deterministic, video_path=video,
+                               compressed_images=not args.raw_images)
         started = time.monotonic()
         results = []
         try:
