@@ -13,15 +13,6 @@ from vla_ros.policy.tiny import save_backbone
 FAMILIES = {"tiny": "paligemma", "tiny-smolvlm": "idefics3"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models on a shared 2-core machine run faster (and steadier) on one thread."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def model_dirs(tmp_path_factory):
     root = tmp_path_factory.mktemp("backbones")

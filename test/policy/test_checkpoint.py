@@ -24,14 +24,6 @@ from vla_ros.policy.tiny import save_backbone
 from vla_ros.robot.profile import load_profile
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def stationary():
     return load_profile("aloha_stationary")

@@ -15,14 +15,6 @@ from vla_ros.robot.profile import load_profile
 CAMERAS = ("cam_high", "cam_left_wrist", "cam_right_wrist")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     policy = build_random_policy("tiny", load_profile("aloha_stationary"), CAMERAS, seed=2)
