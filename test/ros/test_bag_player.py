@@ -171,3 +171,28 @@ def test_live_replay_through_policy_node(tmp_path, ros_domain):
                 # stamped on the bag's clock (use_sim_time), not the wall clock
                 assert 0 <= stamp_ns(msg.header) - T0_NS <= 20e9
         assert bag_player.alive() and policy.alive(), answers
+
+
+@pytest.mark.parametrize("publish_commands", [False, True])
+def test_recorded_motion_commands_are_played_only_when_asked(tmp_path, ros_domain, publish_commands):
+    from trajectory_msgs.msg import JointTrajectory
+
+    from vla_ros.data.bags import BagWriter
+
+    bag_path = tmp_path / "commands"
+    with BagWriter(bag_path, storage="sqlite3") as writer:
+        for k in range(20):
+            t_ns = T0_NS + k * 20_000_000
+            writer.write("/follower_left/arm_controller/joint_trajectory", t_ns,
+                         writer.joint_trajectory(["waist"], [[0.1 * k]], [0.02], t_ns))
+            writer.write("/chatter", t_ns, writer.string_msg(f"tick {k}"))
+    params = {"bag": str(bag_path), "rate": 0.0, "start_delay": 1.0, "exit_on_end": False,
+              "publish_commands": publish_commands}
+    with player(params, ros_domain) as process, ros_context(ros_domain) as context, Probe(context) as probe:
+        commands = probe.subscribe(JointTrajectory, "/follower_left/arm_controller/joint_trajectory",
+                                   qos_profile("reliable", 100))
+        chatter = probe.subscribe(String, "/chatter", qos_profile("reliable", 100))
+        probe.wait_for_messages("/chatter", 20, TIMEOUT, process)
+        probe.spin_for(0.5)
+        assert len(commands) == (20 if publish_commands else 0)
+        assert len(chatter) == 20

@@ -47,7 +47,12 @@ PARAMETERS = (
     ParamSpec("qos_depth", 10, "keep-last depth of the (reliable) publishers", minimum=1, maximum=10000),
     ParamSpec("distro", "kilted", "typestore for message types the bag does not define",
               choices=("humble", "jazzy", "kilted")),
+    ParamSpec("publish_commands", False, "also play the bag's JointTrajectory topics; off by default so that a "
+              "bag replayed next to live arms never drives them (replayed commands bypass the safety layer)"),
 )
+# Motion commands: skipped unless publish_commands (a recorded command is not re-checked against
+# where the arm is now).
+COMMAND_TYPES = ("trajectory_msgs/msg/JointTrajectory",)
 LIST_PARAMETERS = {
     "topics": "bag topics to play (empty: all)",
     "remap": "topic remappings, each 'from:=to' (bag topic -> published topic)",
@@ -102,6 +107,10 @@ class BagPlayer(Node):
         self.publishers_by_topic = {}
         for topic in selected:
             msgtype = self.bag_topics[topic]
+            if msgtype in COMMAND_TYPES and not self.params["publish_commands"]:
+                self.get_logger().warn(f"not playing motion commands on {topic} ({msgtype}): "
+                                       "set publish_commands:=true to play them (never next to live arms)")
+                continue
             try:
                 if msgtype in unresolved:
                     raise ImportError(f"the bag does not define {msgtype} and the typestore does not know it")

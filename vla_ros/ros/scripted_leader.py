@@ -1,6 +1,8 @@
 """scripted_leader: the leader arms of a teleoperator, played by the scripted transfer-cube demo.
 
-For the simulated ALOHA (sim_node) only. Every control period (50 Hz) it publishes both leader
+For the simulated ALOHA (sim_node) only: it commands the follower only while an episode plays,
+and an episode plays only after sim_node's reset service replied, so next to real arms (no such
+service) it never sends a motion command. Every control period (50 Hz) it publishes both leader
 arms' JointState on the profile's leader topics, in the 9-name layout of the real leaders (the
 gripper JOINT angle derived from the normalised command through ``profile.leader_joint``, so that
 recorder_node's leader decoding recovers the command), and while an episode plays it sends the
