@@ -76,7 +76,7 @@ class _Inputs:
 
     lock: threading.Lock = field(default_factory=threading.Lock)
     arm_state: dict = field(default_factory=dict)  # arm name -> (stamp, vector)
-    images: dict = field(default_factory=dict)  # camera name -> (stamp, array)
+    images: dict = field(default_factory=dict)  # camera name -> (stamp, undecoded message)
     errors: dict = field(default_factory=dict)  # kind -> count
     last_error: str = ""
 
@@ -177,17 +177,36 @@ class PolicyNode(Node):
     # --- inputs -----------------------------------------------------------------------------
 
     def _on_image(self, camera, msg) -> None:
+        """Keep the newest frame after cheap header checks; decoding waits for the worker, which
+        uses one frame in five (at the default replan period), so that the 50 Hz callbacks stay
+        light next to the control timer."""
         try:
-            array = convert.any_image_to_array(msg)
-            if array.shape != (camera.height, camera.width, 3):
-                raise ValueError(f"expected {camera.height}x{camera.width} RGB, got shape {array.shape} "
-                                 f"(encoding '{getattr(msg, 'encoding', getattr(msg, 'format', '?'))}')")
+            if not hasattr(msg, "format"):  # raw: encoding and size are in the header
+                channels = decode.IMAGE_ENCODINGS.get(msg.encoding, (0,))[0]
+                if channels < 3:
+                    raise ValueError(f"encoding '{msg.encoding}' is not a colour encoding the policy can use")
+                if (msg.height, msg.width) != (camera.height, camera.width):
+                    raise ValueError(f"expected {camera.height}x{camera.width}, got {msg.height}x{msg.width}")
             stamp = convert.time_to_seconds(msg.header.stamp)
         except Exception as exc:  # a bad frame is counted and leaves the camera stale
             self.inputs.count_error(f"bad_image:{camera.name}", f"camera {camera.name}: {exc}")
             return
         with self.inputs.lock:
-            self.inputs.images[camera.name] = (stamp, array)
+            self.inputs.images[camera.name] = (stamp, msg)
+
+    def _decoded_frames(self, images: dict) -> dict | None:
+        """The policy's input images, or None (counted, reported) when a frame cannot be used."""
+        frames = {}
+        for camera in self.profile.cameras:
+            try:
+                array = convert.any_image_to_array(images[camera.name][1])
+                if array.shape != (camera.height, camera.width, 3):
+                    raise ValueError(f"expected {camera.height}x{camera.width} RGB, got shape {array.shape}")
+            except Exception as exc:
+                self.inputs.count_error(f"bad_image:{camera.name}", f"camera {camera.name}: {exc}")
+                return None
+            frames[camera.name] = array
+        return frames
 
     def _on_joint_state(self, arm, msg: JointState) -> None:
         try:
@@ -259,9 +278,12 @@ class PolicyNode(Node):
             gate = self.controller.check_inputs(now, joint_stamps, camera_stamps)
         if not gate.ok or measured is None:
             return
+        frames = self._decoded_frames(images)
+        if frames is None:
+            return
         started = time.perf_counter()
         try:
-            chunk = self.runtime.predict({cam: images[cam][1] for cam in self.profile.camera_names}, measured)
+            chunk = self.runtime.predict(frames, measured)
         except Exception as exc:  # reported and held by the controller (no chunk)
             self.inputs.count_error("inference_error", f"inference: {type(exc).__name__}: {exc}")
             return
