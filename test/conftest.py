@@ -20,3 +20,13 @@ def ros_domain(monkeypatch):
     with domain_id() as did:
         monkeypatch.setenv("ROS_DOMAIN_ID", str(did))
         yield int(did)
+
+
+@pytest.fixture(scope="module")
+def domain():
+    """A ROS domain id for all tests of one module (a node started once and shared by them);
+    passed explicitly to the processes and contexts those tests start."""
+    from domain_coordinator import domain_id
+
+    with domain_id() as did:
+        yield int(did)

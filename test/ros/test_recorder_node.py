@@ -22,7 +22,7 @@ from vla_ros.ros import convert
 from vla_ros.ros.qos import image_qos, state_qos
 from vla_ros.ros.recorder_node import FRAME_RATE_KEY, FrameSampler
 from vla_ros.ros.scripted_leader import leader_joint_state
-from vla_ros.ros.testing import NodeProcess, Probe, module_command, ros_context
+from vla_ros.ros.processes import NodeProcess, Probe, module_command, ros_context
 
 STARTUP_TIMEOUT = 60.0
 CAMERA_WIDTH, CAMERA_HEIGHT = 32, 24
@@ -152,14 +152,6 @@ def test_every_dropped_frame_is_blamed_on_an_input(events):
 
 # --------------------------------------------------------------------------------------------
 # The node, driven over DDS
-
-
-@pytest.fixture(scope="module")
-def domain():
-    from domain_coordinator import domain_id
-
-    with domain_id() as did:
-        yield int(did)
 
 
 @pytest.fixture(scope="module")

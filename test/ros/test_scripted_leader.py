@@ -16,7 +16,7 @@ from vla_ros.robot import decode
 from vla_ros.robot.profile import load_profile
 from vla_ros.ros import convert
 from vla_ros.ros.scripted_leader import leader_joint_state
-from vla_ros.ros.testing import NodeProcess, Probe, module_command, ros_context
+from vla_ros.ros.processes import NodeProcess, Probe, module_command, ros_context
 from vla_ros.sim.scripted import ScriptedLeader
 
 PROFILE = load_profile("aloha_sim")
@@ -41,14 +41,6 @@ def test_leader_state_decodes_back_to_the_command(joints, gripper, arm_index):
 def test_leader_state_needs_one_arm_command():
     with pytest.raises(ValueError, match="must have 7 entries"):
         leader_joint_state(PROFILE, PROFILE.arms[0], np.zeros(14), convert.seconds_to_time(0.0), "right_finger")
-
-
-@pytest.fixture(scope="module")
-def domain():
-    from domain_coordinator import domain_id
-
-    with domain_id() as did:
-        yield int(did)
 
 
 @pytest.fixture(scope="module")

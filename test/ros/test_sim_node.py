@@ -17,7 +17,7 @@ from vla_ros.robot import decode
 from vla_ros.robot.profile import load_profile
 from vla_ros.ros import convert
 from vla_ros.ros.qos import image_qos, state_qos
-from vla_ros.ros.testing import NodeProcess, Probe, module_command, ros_context
+from vla_ros.ros.processes import NodeProcess, Probe, module_command, ros_context
 
 PROFILE = load_profile("aloha_sim")
 CAMERA = PROFILE.cameras[0]
@@ -25,14 +25,6 @@ WIDTH, HEIGHT = 320, 240
 STARTUP_TIMEOUT = 60.0
 PARAMS_FILE = Path(__file__).resolve().parents[2] / "config" / "sim_node.yaml"
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
-
-
-@pytest.fixture(scope="module")
-def domain():
-    from domain_coordinator import domain_id
-
-    with domain_id() as did:
-        yield int(did)
 
 
 @pytest.fixture(scope="module")
