@@ -56,3 +56,11 @@ def test_sim_eval_reports_both_step_counts_and_writes_the_video(checkpoint, tmp_
 
 def test_sim_eval_rejects_a_directory_without_a_checkpoint(tmp_path):
     assert sim_eval.main(["--checkpoint", str(tmp_path), "--report", str(tmp_path / "r.json")]) == 2
+
+
+@pytest.mark.parametrize("size", ["48by64", "47x64", "8x8"])
+def test_bad_image_size_is_a_usage_error(tmp_path, capsys, size):
+    with pytest.raises(SystemExit) as exit_info:
+        sim_eval.main(["--checkpoint", str(tmp_path), "--report", str(tmp_path / "r.json"), "--image-size", size])
+    assert exit_info.value.code == 2
+    assert "image size" in capsys.readouterr().err

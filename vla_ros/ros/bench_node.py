@@ -49,10 +49,11 @@ from vla_ros.robot.profile import ProfileError, load_profile
 from vla_ros.ros import convert
 from vla_ros.ros.episodes import write_camera_size_profile
 from vla_ros.ros.qos import image_qos, state_qos
-from vla_ros.ros.testing import NodeProcess, Probe, module_command, ros_context
+from vla_ros.ros.processes import NodeProcess, Probe, module_command, ros_context
+from vla_ros.sim.collect import TASK_TEXT, image_size_argument
 
 STARTUP_TIMEOUT = 120.0
-INSTRUCTION = "transfer the cube to the left arm"
+INSTRUCTION = TASK_TEXT["transfer_cube"]
 TARGETS_MS = {"node_overhead_p50": 3.0, "jitter_p99": 5.0}  # on CPU
 
 
@@ -207,21 +208,11 @@ def measure_node(args, profile_path: str, checkpoint: str, domain: int) -> dict:
         }
 
 
-def _image_size(text: str) -> tuple[int, int]:
-    try:
-        height, width = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected HEIGHTxWIDTH, e.g. 480x640, got {text!r}") from None
-    if height < 16 or width < 16:
-        raise argparse.ArgumentTypeError(f"image must be at least 16x16, got {text!r}")
-    return height, width
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="vla-ros bench node", description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10.0, help="measurement window after arming")
     parser.add_argument("--settle", type=float, default=1.0, help="seconds after arming before measuring")
-    parser.add_argument("--image-size", type=_image_size, default=(480, 640), help="HxW camera frames (ALOHA: 480x640)")
+    parser.add_argument("--image-size", type=image_size_argument, default=(480, 640), help="HxW camera frames (ALOHA: 480x640)")
     parser.add_argument("--image-transport", choices=("raw", "compressed"), default="raw",
                         help="camera messages: raw sensor_msgs/Image or JPEG CompressedImage")
     parser.add_argument("--profile", default="aloha_sim")

@@ -26,7 +26,8 @@ from trajectory_msgs.msg import JointTrajectory
 from vla_ros.robot.profile import load_profile
 from vla_ros.ros import convert
 from vla_ros.ros.qos import image_qos
-from vla_ros.ros.testing import NodeProcess, Probe, module_command, ros_context
+from vla_ros.ros.processes import NodeProcess, Probe, module_command, ros_context
+from vla_ros.sim.collect import TASK_TEXT
 
 NODE_MODULES = {"sim_node": "vla_ros.ros.sim_node", "policy_node": "vla_ros.ros.policy_node"}
 
@@ -42,7 +43,7 @@ class SessionConfig:
     checkpoint: str
     profile: str = "aloha_sim"
     task: str = "transfer_cube"
-    instruction: str = "transfer the cube to the left arm"
+    instruction: str = TASK_TEXT["transfer_cube"]  # what collect-sim datasets are labelled with
     steps: int = 0  # decoding steps; 0 = the checkpoint's recommended
     seed: int = 0  # episode k of the session uses seed + k (sim_node's convention)
     episode_steps: int = 400  # 8 s at 50 Hz, the gym-aloha episode length

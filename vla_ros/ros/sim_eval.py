@@ -14,6 +14,8 @@ import sys
 import time
 from pathlib import Path
 
+from vla_ros.sim.collect import image_size_argument
+
 
 def _step_counts(text: str) -> list[int]:
     try:
@@ -34,7 +36,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--profile", default="aloha_sim")
     parser.add_argument("--seed", type=int, default=1000, help="episode k uses seed + k + 1 (held out from training seeds)")
     parser.add_argument("--episode-steps", type=int, default=400)
-    parser.add_argument("--image-size", default="", help="HxW rendered by sim_node (default: the profile's)")
+    parser.add_argument("--image-size", type=image_size_argument, default=None,
+                        help="HxW rendered by sim_node (default: the profile's)")
     parser.add_argument("--deterministic", action="store_true", help="zero initial noise")
     parser.add_argument("--raw-images", action="store_true",
                         help="send raw rgb8 frames between the nodes instead of JPEG (raw 640x480 delayed "
@@ -53,7 +56,7 @@ def main(argv: list[str]) -> int:
     camera = load_profile(args.profile).cameras[0]
     height, width = camera.height, camera.width
     if args.image_size:
-        height, width = (int(v) for v in args.image_size.lower().split("x"))
+        height, width = args.image_size
     report = {"checkpoint": args.checkpoint, "profile": args.profile, "seed": args.seed,
               "episodes": args.episodes, "image_size": [height, width], "by_steps": {}}
     for steps in args.steps:

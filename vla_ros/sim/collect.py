@@ -56,6 +56,14 @@ def parse_image_size(text: str) -> tuple[int, int]:
     return height, width
 
 
+def image_size_argument(text: str) -> tuple[int, int]:
+    """parse_image_size for argparse `type=`: a bad size is a usage error naming the problem."""
+    try:
+        return parse_image_size(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def sim_cameras_for(profile) -> dict[str, str]:
     """The profile's cameras mapped to simulated ones; every profile camera must have one."""
     missing = [name for name in profile.camera_names if name not in SIM_CAMERA_FOR_PROFILE_CAMERA]
