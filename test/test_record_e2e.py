@@ -16,7 +16,7 @@ from std_srvs.srv import Trigger
 
 from vla_ros.data.lerobot import LeRobotDataset
 from vla_ros.robot.profile import load_profile
-from vla_ros.ros.testing import NodeProcess, Probe, module_command, ros_context
+from vla_ros.ros.processes import NodeProcess, Probe, module_command, ros_context
 
 WIDTH, HEIGHT = 64, 48
 SEED = 3

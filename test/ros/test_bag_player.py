@@ -15,7 +15,7 @@ from vla_ros.data.bags import BagReader, image_to_rgb, stamp_ns
 from vla_ros.robot import decode
 from vla_ros.ros import convert
 from vla_ros.ros.qos import qos_profile
-from vla_ros.ros.testing import NodeProcess, Probe, module_command, ros_context
+from vla_ros.ros.processes import NodeProcess, Probe, module_command, ros_context
 
 pytestmark = pytest.mark.ros
 TIMEOUT = 30.0

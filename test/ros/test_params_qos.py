@@ -8,7 +8,7 @@ from rclpy.qos import ReliabilityPolicy
 
 from vla_ros.ros.params import ParameterError, ParamSpec, declare_parameters
 from vla_ros.ros.qos import image_qos, qos_profile, state_qos
-from vla_ros.ros.testing import ros_context
+from vla_ros.ros.processes import ros_context
 
 SPECS = (
     ParamSpec("rate", 50.0, "steps per second", minimum=0.1, maximum=1000.0),

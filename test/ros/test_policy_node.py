@@ -23,7 +23,7 @@ from vla_ros.policy.checkpoint import build_random_policy, load_checkpoint, save
 from vla_ros.robot.profile import config_dir, load_profile
 from vla_ros.ros import convert
 from vla_ros.ros.qos import image_qos, state_qos
-from vla_ros.ros.testing import NodeProcess, Probe, module_command, ros_context
+from vla_ros.ros.processes import NodeProcess, Probe, module_command, ros_context
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
 
@@ -344,3 +344,15 @@ def test_mismatched_checkpoint_refuses_to_arm(session_factory, assets):
     assert not response.success and "not loaded" in response.message
     assert all(len(c) == 0 for c in s.commands)
     assert s.node.alive()
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"profile": "no_such_robot"}, "file not found"),
+    ({"chunk_blend": "average"}, "'chunk_blend' must be one of"),
+    ({"control_rate_hz": -5.0}, "'control_rate_hz' must be >= 0"),
+])
+def test_bad_configuration_exits_with_a_clear_message(ros_domain, params, message):
+    node = NodeProcess(module_command("vla_ros.ros.policy_node"), params=params, domain_id=ros_domain)
+    assert node.process.wait(60) == 2, node.report()
+    stderr = node.stderr()
+    assert message in stderr and "Traceback" not in stderr, stderr

@@ -25,7 +25,7 @@ from sensor_msgs.msg import Image, JointState
 from vla_ros.robot.profile import load_profile
 from vla_ros.ros import convert
 from vla_ros.ros.qos import RELIABILITIES, image_qos
-from vla_ros.ros.testing import NodeProcess, Probe, module_command, ros_context
+from vla_ros.ros.processes import NodeProcess, Probe, module_command, ros_context
 from vla_ros.sim.aloha_sim import SIM_DT
 
 STARTUP_TIMEOUT = 90.0

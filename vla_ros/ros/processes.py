@@ -1,4 +1,4 @@
-"""Helpers for tests (and benchmarks) that run ROS nodes as separate processes.
+"""Run ROS nodes as separate processes and talk to them over DDS (tests, benchmarks, the demo).
 
 A node under test runs as its own process on the test's ROS domain (``ROS_DOMAIN_ID`` exported
 by the ``ros_domain`` fixture); the test talks to it over DDS through an in-process rclpy context
