@@ -38,6 +38,12 @@ def run_node(name: str, build: Callable, config_errors: tuple[type[BaseException
             spin(node, executor)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except Exception:
+        # Ctrl-C shuts the context down from a signal handler; a callback or message take that was
+        # under way then fails with whatever rclpy raises (e.g. RuntimeError from take_message).
+        # That is a shutdown, not a crash; with the context still up it is a real error.
+        if node is None or node.context.ok():
+            raise
     finally:
         if node is not None:
             close = getattr(node, "close", None)
