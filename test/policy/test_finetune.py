@@ -92,6 +92,18 @@ def test_batches_depend_only_on_seed_rank_and_step(dataset):
     assert torch.equal(next(resumed)["state"], a["state"])
 
 
+def test_state_noise_perturbs_only_the_state_and_is_reproducible(dataset):
+    clean = DatasetSamples(LeRobotDataset(dataset), [0, 1, 2], ["cam_high"], 10, (32, 32))
+    noisy = DatasetSamples(LeRobotDataset(dataset), [0, 1, 2], ["cam_high"], 10, (32, 32), state_noise_std=0.05)
+    a, b = clean.batch_for_step(3, 256, seed=1), noisy.batch_for_step(3, 256, seed=1)
+    assert torch.equal(a["actions"], b["actions"]) and torch.equal(a["images"], b["images"])
+    difference = (b["state"] - a["state"]).numpy()
+    assert 0.045 < difference.std() < 0.055 and abs(difference.mean()) < 0.005
+    assert torch.equal(b["state"], noisy.batch_for_step(3, 256, seed=1)["state"]), "a resumed run draws the same noise"
+    with pytest.raises(ValueError, match="state_noise_std"):
+        DatasetSamples(LeRobotDataset(dataset), [0], ["cam_high"], 10, (32, 32), state_noise_std=-1.0)
+
+
 def test_stored_frames_are_what_the_backbone_would_make_of_full_frames():
     backbone = build_random_policy("tiny", PROFILE).backbone
     size = backbone.image_size

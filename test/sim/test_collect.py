@@ -65,6 +65,8 @@ def test_collected_data_trains_a_policy_the_runtime_loads(collected, tmp_path):
     assert finetune.main(["--dataset", str(root), "--output", str(out), "--steps", "2", "--batch-size", "4",
                           "--threads", "1", "--quiet"]) == 0
     runtime = PolicyRuntime(out / "policy", profile=PROFILE)
+    # the frame size it learned from, for a simulator to render at (vla_ros.ros.episodes.image_size_for)
+    assert runtime.policy.config.extra["training"]["camera_image_sizes"] == {"cam_high": [HEIGHT, WIDTH]}
     runtime.set_instruction(collect.TASK_TEXT["transfer_cube"])
     sim = AlohaSim("transfer_cube", cameras=("top",), image_width=WIDTH, image_height=HEIGHT)
     observation = sim.reset(3)

@@ -70,9 +70,16 @@ class DatasetSamples:
 
     def __init__(self, dataset: LeRobotDataset, episodes: Sequence[int], cameras: Sequence[str],
                  horizon: int, image_size: tuple[int, int],
-                 max_memory_bytes: int = DEFAULT_MAX_MEMORY_BYTES):
+                 max_memory_bytes: int = DEFAULT_MAX_MEMORY_BYTES, state_noise_std: float = 0.0):
+        """state_noise_std: Gaussian noise (raw state units) added to the state of every training
+        sample. Demonstrations let a policy read where the arm is heading from tiny offsets of the
+        state alone; in closed loop those offsets come from the policy itself, and a policy that
+        relied on them never learns to look. Noise larger than those offsets removes the shortcut."""
         if not episodes:
             raise ValueError("no episodes to sample from")
+        if not (np.isfinite(state_noise_std) and state_noise_std >= 0.0):
+            raise ValueError(f"state_noise_std must be a finite number >= 0, got {state_noise_std!r}")
+        self.state_noise_std = float(state_noise_std)
         missing = [c for c in cameras if c not in dataset.cameras]
         if missing:
             raise DatasetError(f"{dataset.root}: cameras {missing} are not in the dataset (it has {dataset.cameras})")
@@ -135,7 +142,11 @@ class DatasetSamples:
         """A uniformly random batch that depends only on (seed, rank, step): a resumed run draws
         exactly the batches the uninterrupted one would have, and DDP ranks draw different ones."""
         rng = np.random.default_rng([seed, rank, step])
-        return self.collate(rng.integers(0, self.num_frames, size=batch_size))
+        batch = self.collate(rng.integers(0, self.num_frames, size=batch_size))
+        if self.state_noise_std > 0.0:
+            noise = rng.normal(0.0, self.state_noise_std, size=batch["state"].shape)
+            batch["state"] = batch["state"] + torch.from_numpy(noise.astype(np.float32))
+        return batch
 
     def batches(self, batch_size: int, seed: int, rank: int = 0, start_step: int = 0) -> Iterator[dict]:
         step = start_step

@@ -158,6 +158,9 @@ def check_compatible(config: PolicyConfig, profile: RobotProfile) -> None:
 NAMED_CONFIGS: dict[str, dict] = {
     "tiny": dict(preset="tiny", num_lm_layers=2, alpha=4.0,
                  head=dict(width=64, depth=2, heads=4, mlp_dim=128)),
+    # The transfer-cube policy shipped for `make demo` (README, "Proof in simulation").
+    "small": dict(preset="small", num_lm_layers=2, alpha=4.0,
+                  head=dict(width=128, depth=3, heads=4, mlp_dim=256)),
     "tiny-smolvlm": dict(preset="tiny-smolvlm", num_lm_layers=2, alpha=4.0,
                          head=dict(width=64, depth=2, heads=4, mlp_dim=128)),
     "1.4b": dict(preset="1.4b", num_lm_layers=4, alpha=3.0, head={}),  # head: the paper's 30M defaults

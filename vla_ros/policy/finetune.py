@@ -45,7 +45,7 @@ import yaml
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from vla_ros.data.lerobot import DatasetError, LeRobotDataset
+from vla_ros.data.lerobot import DatasetError, LeRobotDataset, camera_key
 from vla_ros.policy.batches import DatasetSamples, split_episodes
 from vla_ros.policy.checkpoint import (NAMED_CONFIGS, build_random_policy, check_compatible, load_checkpoint,
                                        save_checkpoint)
@@ -61,7 +61,8 @@ CONFIG_FILE = "train_config.json"
 DEFAULTS: dict = {
     "model": {"config": "tiny", "profile": "aloha_sim", "cameras": None, "alpha": 4.0, "horizon": None,
               "normalization": "mean_std", "recommended_steps": 1, "seed": 0},
-    "data": {"held_out_episodes": 0.1, "split_seed": 0, "image_size": None, "max_memory_gb": 4.0},
+    "data": {"held_out_episodes": 0.1, "split_seed": 0, "image_size": None, "max_memory_gb": 4.0,
+             "state_noise_std": 0.0},
     "train": {"lr": 3e-4, "warmup_steps": 100, "total_steps": 2000, "batch_size": 32, "ema_decay": 0.99,
               "backbone_lr_scale": 1.0, "checkpoint_interval": 500, "keep_checkpoints": 2, "log_interval": 10,
               "seed": 0},
@@ -169,7 +170,8 @@ class Prepared:
         size = (size, size) if isinstance(size, int) else tuple(size)
         horizon = int(model["horizon"] or base.config.horizon)
         self.samples = DatasetSamples(self.dataset, self.train_episodes, base.config.camera_keys,
-                                      horizon, size, int(float(data["max_memory_gb"]) * 2**30))
+                                      horizon, size, int(float(data["max_memory_gb"]) * 2**30),
+                                      float(data["state_noise_std"]))
         states = np.concatenate([e.state for e in self.samples.episodes])
         actions = np.concatenate([e.action for e in self.samples.episodes])
         stats = NormStats.from_arrays(states, actions)
@@ -179,6 +181,9 @@ class Prepared:
             "dataset": str(self.dataset.root.resolve()), "train_episodes": self.train_episodes,
             "held_out_episodes": self.held_out, "instructions": sorted({e.task for e in self.samples.episodes}),
             "image_size": list(size), "init": str(args.init) if args.init else None,
+            # The frame sizes the policy learned from: a simulator should render at these.
+            "camera_image_sizes": {camera: list(self.dataset.features[camera_key(camera)]["shape"][:2])
+                                   for camera in base.config.camera_keys},
             "config": model["config"] if not args.init else None,
         }
 
@@ -354,6 +359,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--alpha", type=float, help="time-shift alpha (overrides model.alpha; 1 = uniform)")
     parser.add_argument("--batch-size", type=int, help="per-process batch size (overrides train.batch_size)")
     parser.add_argument("--seed", type=int, help="seed of the weights, batches and noise")
+    parser.add_argument("--state-noise-std", type=float,
+                        help="noise on the training states, raw units (overrides data.state_noise_std)")
     parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --output")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--threads", type=int, default=0,
@@ -373,6 +380,8 @@ def main(argv: list[str]) -> int:
             config["model"]["alpha"] = args.alpha
         if args.batch_size is not None:
             config["train"]["batch_size"] = args.batch_size
+        if args.state_noise_std is not None:
+            config["data"]["state_noise_std"] = args.state_noise_std
         if args.seed is not None:
             config["model"]["seed"] = config["train"]["seed"] = config["data"]["split_seed"] = args.seed
         summary = run(args, config)

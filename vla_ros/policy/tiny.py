@@ -9,6 +9,9 @@ tests exercise the same `from_pretrained(local_dir)` path as a real pretrained b
 Presets:
 - "tiny":          PaliGemma, 32x32 images, 16 image tokens, 3 Gemma layers of width 32.
 - "tiny-smolvlm":  Idefics3, 32x32 images, 4 image tokens after the pixel shuffle, 3 Llama layers.
+- "small":         PaliGemma, 96x96 images, 64 image tokens (12x12 patches), 3 SigLIP layers and
+                   2 Gemma layers of width 96: big enough to see the cube of the simulated
+                   transfer-cube task, small enough to train from scratch on one CPU core.
 - "1.4b":          PaliGemma with SigLIP-So400m-sized vision (27 layers, 224x224) and 4 Gemma-2B
                    sized layers (the paper's 1.4B variant); random weights, for benchmarks only.
                    It uses the tiny word-level tokenizer: weights are random, so a real
@@ -97,6 +100,15 @@ def build_preset(name: str, tokenizer: PreTrainedTokenizerFast | None = None) ->
             vocab_size=vocab, image_token_id=image_token_id,
         )
         return BackbonePreset("paligemma", config, *siglip_norm)
+    if name == "small":
+        config = _paligemma(
+            vision=dict(hidden_size=96, intermediate_size=192, num_hidden_layers=3, num_attention_heads=4,
+                        image_size=96, patch_size=12),
+            text=dict(hidden_size=96, intermediate_size=192, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=1, head_dim=24),
+            vocab_size=vocab, image_token_id=image_token_id,
+        )
+        return BackbonePreset("paligemma", config, *siglip_norm)
     if name == "tiny-smolvlm":
         config = Idefics3Config(
             vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
@@ -120,7 +132,7 @@ def build_preset(name: str, tokenizer: PreTrainedTokenizerFast | None = None) ->
     raise ValueError(f"unknown backbone preset '{name}' (one of: {', '.join(PRESET_NAMES)})")
 
 
-PRESET_NAMES = ("tiny", "tiny-smolvlm", "1.4b")
+PRESET_NAMES = ("tiny", "small", "tiny-smolvlm", "1.4b")
 _MODEL_CLASSES = {"paligemma": PaliGemmaForConditionalGeneration, "idefics3": Idefics3ForConditionalGeneration}
 
 
