@@ -16,6 +16,7 @@ import pytest
 from vla_ros.policy.checkpoint import build_random_policy, save_checkpoint
 from vla_ros.robot.profile import load_profile
 from vla_ros.ros import sim_eval
+from vla_ros.ros.episodes import image_size_for
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -30,7 +31,7 @@ def checkpoint(tmp_path_factory):
 
 def test_sim_eval_reports_both_step_counts_and_writes_the_video(checkpoint, tmp_path, ros_domain, capsys):
     report_path, video_dir = tmp_path / "report.json", tmp_path / "videos"
-    code = sim_eval.main(["--checkpoint", checkpoint, "--episodes", "1", "--steps", "1,2",
+    code = sim_eval.main(["--checkpoint", checkpoint, "--episodes", "2", "--videos", "2", "--steps", "1,2",
                           "--episode-steps", str(EPISODE_STEPS), "--image-size", "48x64",
                           "--profile", "aloha_sim", "--report", str(report_path), "--video-dir", str(video_dir)])
     assert code == 0, capsys.readouterr().err
@@ -39,19 +40,30 @@ def test_sim_eval_reports_both_step_counts_and_writes_the_video(checkpoint, tmp_
     assert report["image_size"] == [48, 64]
     assert set(report["by_steps"]) == {"1", "2"}
     for steps, summary in report["by_steps"].items():
-        assert summary["episodes"] == 1
-        assert summary["successes"] in (0, 1)
-        assert summary["success_rate"] == summary["successes"]
+        assert summary["episodes"] == 2
+        assert summary["successes"] in (0, 1, 2)
+        assert summary["success_rate"] == summary["successes"] / 2
         low, high = summary["success_rate_95ci"]
         assert 0.0 <= low <= summary["success_rate"] <= high <= 1.0
-        assert len(summary["commands_published_per_episode"]) == 1
-        assert summary["commands_published_per_episode"][0] > 0, f"steps={steps}: no command reached the robot"
+        assert len(summary["commands_published_per_episode"]) == 2
+        assert min(summary["commands_published_per_episode"]) > 0, f"steps={steps}: no command reached the robot"
         assert math.isfinite(summary["inference_ms_p50"]) and summary["inference_ms_p50"] > 0
-        (episode,) = summary["per_episode"]
-        assert episode["steps"] >= EPISODE_STEPS
-        assert isinstance(episode["success"], bool)
-        video = video_dir / f"steps{steps}_episode0.mp4"
-        assert video.is_file() and video.stat().st_size > 0, f"no video for steps={steps}"
+        assert [e["seed"] for e in summary["per_episode"]] == [1001, 1002], "both step counts face the same cubes"
+        for episode in summary["per_episode"]:
+            assert episode["steps"] >= EPISODE_STEPS
+            assert isinstance(episode["success"], bool)
+            video = video_dir / f"steps{steps}_episode{episode['episode']}.mp4"
+            assert video.is_file() and video.stat().st_size > 0, f"no video of {video.name}"
+
+
+def test_simulation_renders_at_the_size_the_checkpoint_was_trained_on(tmp_path):
+    profile = load_profile("aloha_sim")
+    (tmp_path / "config.json").write_text(json.dumps({"extra": {"training": {"camera_image_sizes":
+                                                                              {"cam_high": [96, 128]}}}}))
+    assert image_size_for(tmp_path, profile) == (96, 128)
+    (tmp_path / "config.json").write_text(json.dumps({"extra": {}}))  # not trained by `vla-ros train`
+    assert image_size_for(tmp_path, profile) == (profile.cameras[0].height, profile.cameras[0].width)
+    assert image_size_for(tmp_path / "missing", profile) == (480, 640)
 
 
 def test_sim_eval_rejects_a_directory_without_a_checkpoint(tmp_path):

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from vla_ros.robot.profile import config_dir
+from vla_ros.sim.collect import image_size_argument
 
 DEFAULT_CHECKPOINT_NAME = "transfer_cube_default"
 
@@ -39,15 +40,20 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--episodes", type=int, default=1)
     parser.add_argument("--steps", type=int, default=0, help="decoding steps (0 = the checkpoint's recommended)")
     parser.add_argument("--episode-steps", type=int, default=400, help="simulation steps per episode (50 per second)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=1000,
+                        help="cube poses come from seed + 1, + 2, ... (the bundled policy was trained on 0-199)")
     parser.add_argument("--output", default="out/demo", help="directory for summary.json (and the video)")
     parser.add_argument("--video", action="store_true", help="write the first episode's camera as an mp4")
+    parser.add_argument("--image-size", type=image_size_argument, default=None,
+                        help="HxW rendered by sim_node (default: the size the checkpoint was trained on, "
+                             "else the profile's)")
     parser.add_argument("--raw-images", action="store_true",
                         help="send raw rgb8 frames between the nodes instead of JPEG (raw 640x480 delayed "
                              "joint states past the freshness gate on a 2-core machine)")
     args = parser.parse_args(argv)
 
-    from vla_ros.ros.episodes import SessionConfig, SimSession, summarize
+    from vla_ros.robot.profile import load_profile
+    from vla_ros.ros.episodes import SessionConfig, SimSession, image_size_for, summarize
 
     output = Path(args.output)
     output.mkdir(parents=True, exist_ok=True)
@@ -61,9 +67,11 @@ def main(argv: list[str]) -> int:
     if origin.startswith("random"):
         print("vla-ros demo: no trained checkpoint is bundled, so the arms will move but not solve the task", flush=True)
 
+    height, width = args.image_size or image_size_for(checkpoint, load_profile(args.profile))
     config = SessionConfig(checkpoint=str(checkpoint), profile=args.profile, steps=args.steps, seed=args.seed,
-                           episode_steps=args.episode_steps, compressed_images=not args.raw_images,
-                           video_path=str(output / "episode0.mp4") if args.video else "")
+                           episode_steps=args.episode_steps, image_width=width, image_height=height,
+                           compressed_images=not args.raw_images,
+                           video_path=str(output / "episode{episode}.mp4") if args.video else "")
     results = []
     try:
         with SimSession(config) as session:

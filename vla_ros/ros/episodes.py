@@ -54,7 +54,9 @@ class SessionConfig:
     # JPEG between sim_node and policy_node: measured here, raw 640x480 frames over Fast DDS delayed
     # the small joint-state messages past the 0.1 s freshness gate (holds); JPEG did not.
     compressed_images: bool = True
-    video_path: str = ""  # write cam_high of the first episode to this mp4
+    # cam_high of the first `video_episodes` episodes as mp4; '{episode}' in the path is the index
+    video_path: str = ""
+    video_episodes: int = 1
     startup_timeout: float = 120.0
 
 
@@ -221,10 +223,26 @@ class SimSession:
             max_reward=max((m.data for m in self.reward_msgs), default=0.0),
             steps=len(self.joint_msgs), time_to_success_s=success_at,
             commands_published=len(self.command_msgs), diagnostics=self.policy_diagnostics() or {})
-        if self.image_msgs is not None and index == 0:
-            write_video(cfg.video_path, self.image_msgs, self.profile.control_rate_hz)
+        if self.image_msgs is not None and index < cfg.video_episodes:
+            write_video(cfg.video_path.format(episode=index), self.image_msgs, self.profile.control_rate_hz)
         self.episodes_run += 1
         return result
+
+
+def image_size_for(checkpoint: str | os.PathLike, profile) -> tuple[int, int]:
+    """(height, width) for sim_node to render: the frame size the checkpoint was trained on
+    (recorded by `vla-ros train`), else the profile's first camera. Rendering another size and
+    resizing gives different pixels than the training frames, which costs a small policy success."""
+    import json
+
+    try:
+        extra = json.loads((Path(checkpoint) / "config.json").read_text()).get("extra", {})
+        sizes = extra.get("training", {}).get("camera_image_sizes") or {}
+        height, width = next(iter(sizes.values()))
+        return int(height), int(width)
+    except (OSError, ValueError, AttributeError, TypeError, StopIteration):
+        camera = profile.cameras[0]
+        return camera.height, camera.width
 
 
 def reset_index(message: str, fallback: int) -> int:

@@ -37,33 +37,34 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--seed", type=int, default=1000, help="episode k uses seed + k + 1 (held out from training seeds)")
     parser.add_argument("--episode-steps", type=int, default=400)
     parser.add_argument("--image-size", type=image_size_argument, default=None,
-                        help="HxW rendered by sim_node (default: the profile's)")
+                        help="HxW rendered by sim_node (default: the size the checkpoint was trained on, "
+                             "else the profile's)")
     parser.add_argument("--deterministic", action="store_true", help="zero initial noise")
     parser.add_argument("--raw-images", action="store_true",
                         help="send raw rgb8 frames between the nodes instead of JPEG (raw 640x480 delayed "
                              "joint states past the freshness gate on a 2-core machine)")
-    parser.add_argument("--video-dir", default="", help="write the first episode of each step count as mp4")
+    parser.add_argument("--video-dir", default="", help="write the first --videos episodes of each step count as mp4")
+    parser.add_argument("--videos", type=int, default=1, help="episodes per step count written to --video-dir")
     args = parser.parse_args(argv)
     if args.episodes < 1:
         parser.error("--episodes must be >= 1")
+    if args.videos < 0:
+        parser.error("--videos must be >= 0")
     if not (Path(args.checkpoint) / "config.json").is_file():
         print(f"vla-ros sim-eval: {args.checkpoint} is not a checkpoint directory (no config.json)", file=sys.stderr)
         return 2
 
     from vla_ros.robot.profile import load_profile
-    from vla_ros.ros.episodes import SessionConfig, SimSession, summarize
+    from vla_ros.ros.episodes import SessionConfig, SimSession, image_size_for, summarize
 
-    camera = load_profile(args.profile).cameras[0]
-    height, width = camera.height, camera.width
-    if args.image_size:
-        height, width = args.image_size
+    height, width = args.image_size or image_size_for(args.checkpoint, load_profile(args.profile))
     report = {"checkpoint": args.checkpoint, "profile": args.profile, "seed": args.seed,
               "episodes": args.episodes, "image_size": [height, width], "by_steps": {}}
     for steps in args.steps:
-        video = str(Path(args.video_dir) / f"steps{steps}_episode0.mp4") if args.video_dir else ""
+        video = str(Path(args.video_dir) / f"steps{steps}_episode{{episode}}.mp4") if args.video_dir else ""
         config = SessionConfig(checkpoint=args.checkpoint, profile=args.profile, steps=steps, seed=args.seed,
                                episode_steps=args.episode_steps, image_width=width, image_height=height,
-                               deterministic=args.deterministic, video_path=video,
+                               deterministic=args.deterministic, video_path=video, video_episodes=args.videos,
                                compressed_images=not args.raw_images)
         started = time.monotonic()
         results = []
