@@ -14,7 +14,7 @@ export MUJOCO_GL := egl
 export AMENT_PREFIX_PATH := $(abspath $(VENV))
 
 PACKAGE_FILES := setup.py setup.cfg package.xml resource/vla_ros \
-	$(shell find vla_ros config launch -type f \( -name '*.py' -o -name '*.yaml' -o -name '*.json' -o -name '*.safetensors' \) 2>/dev/null)
+	$(shell find vla_ros config launch checkpoints -type f \( -name '*.py' -o -name '*.yaml' -o -name '*.json' -o -name '*.safetensors' \) 2>/dev/null)
 
 .PHONY: venv test test-fast demo bench freeze clean
 

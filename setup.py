@@ -1,10 +1,21 @@
 """ament_python package: `colcon build` on a ROS 2 machine, `pip install .` into a venv."""
 
+import os
 from glob import glob
 
 from setuptools import find_packages, setup
 
 PACKAGE = "vla_ros"
+
+
+def tree(source: str, destination: str) -> list[tuple[str, list[str]]]:
+    """data_files entries installing every file under `source` at the same relative place."""
+    entries = {}
+    for path in sorted(glob(f"{source}/**/*", recursive=True)):
+        if os.path.isfile(path):
+            entries.setdefault(os.path.join(destination, os.path.dirname(path)), []).append(path)
+    return list(entries.items())
+
 
 setup(
     name=PACKAGE,
@@ -15,6 +26,7 @@ setup(
         (f"share/{PACKAGE}", ["package.xml"]),
         (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
         (f"share/{PACKAGE}/config", glob("config/*.yaml")),
+        *tree("checkpoints", f"share/{PACKAGE}"),  # the bundled default policy (`make demo`)
     ],
     install_requires=["setuptools"],
     zip_safe=True,
