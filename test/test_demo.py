@@ -25,3 +25,11 @@ def test_demo_runs_the_bundled_checkpoint_through_ros(tmp_path, ros_domain, caps
     assert summary["commands_published_per_episode"][0] > 0, "no command reached the simulated arms"
     assert summary["per_episode"][0]["seed"] == 1001, "the demo's cube pose must be one the policy never saw"
     assert (tmp_path / "episode0.mp4").stat().st_size > 0
+
+
+@pytest.mark.parametrize("size", ["96by128", "95x128"])
+def test_bad_image_size_is_a_usage_error(tmp_path, capsys, size):
+    with pytest.raises(SystemExit) as exit_info:
+        demo.main(["--output", str(tmp_path), "--image-size", size])
+    assert exit_info.value.code == 2
+    assert "image size" in capsys.readouterr().err

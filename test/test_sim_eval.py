@@ -58,11 +58,13 @@ def test_sim_eval_reports_both_step_counts_and_writes_the_video(checkpoint, tmp_
 
 def test_simulation_renders_at_the_size_the_checkpoint_was_trained_on(tmp_path):
     profile = load_profile("aloha_sim")
-    (tmp_path / "config.json").write_text(json.dumps({"extra": {"training": {"camera_image_sizes":
-                                                                              {"cam_high": [96, 128]}}}}))
-    assert image_size_for(tmp_path, profile) == (96, 128)
-    (tmp_path / "config.json").write_text(json.dumps({"extra": {}}))  # not trained by `vla-ros train`
-    assert image_size_for(tmp_path, profile) == (profile.cameras[0].height, profile.cameras[0].width)
+    policy = build_random_policy("tiny", profile, seed=0)
+    policy.config.extra["training"] = {"camera_image_sizes": {"cam_high": [96, 128]}}
+    trained = save_checkpoint(policy, tmp_path / "trained")
+    assert image_size_for(trained, profile) == (96, 128)
+    policy.config.extra = {}  # not trained by `vla-ros train`
+    untrained = save_checkpoint(policy, tmp_path / "untrained")
+    assert image_size_for(untrained, profile) == (profile.cameras[0].height, profile.cameras[0].width)
     assert image_size_for(tmp_path / "missing", profile) == (480, 640)
 
 
@@ -76,3 +78,10 @@ def test_bad_image_size_is_a_usage_error(tmp_path, capsys, size):
         sim_eval.main(["--checkpoint", str(tmp_path), "--report", str(tmp_path / "r.json"), "--image-size", size])
     assert exit_info.value.code == 2
     assert "image size" in capsys.readouterr().err
+
+
+def test_negative_video_count_is_a_usage_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        sim_eval.main(["--checkpoint", str(tmp_path), "--report", str(tmp_path / "r.json"), "--videos", "-1"])
+    assert exit_info.value.code == 2
+    assert "--videos" in capsys.readouterr().err

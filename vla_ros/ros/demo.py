@@ -13,7 +13,7 @@ import json
 import sys
 from pathlib import Path
 
-from vla_ros.robot.profile import config_dir
+from vla_ros.robot.profile import config_dir, load_profile
 from vla_ros.sim.collect import image_size_argument
 
 DEFAULT_CHECKPOINT_NAME = "transfer_cube_default"
@@ -27,7 +27,6 @@ def bundled_checkpoint() -> Path | None:
 
 def random_checkpoint(directory: Path, profile: str) -> Path:
     from vla_ros.policy.checkpoint import build_random_policy, save_checkpoint
-    from vla_ros.robot.profile import load_profile
 
     policy = build_random_policy("tiny", load_profile(profile), seed=0)
     return save_checkpoint(policy, directory, overwrite=True)
@@ -52,7 +51,6 @@ def main(argv: list[str]) -> int:
                              "joint states past the freshness gate on a 2-core machine)")
     args = parser.parse_args(argv)
 
-    from vla_ros.robot.profile import load_profile
     from vla_ros.ros.episodes import SessionConfig, SimSession, image_size_for, summarize
 
     output = Path(args.output)

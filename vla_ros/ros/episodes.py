@@ -232,15 +232,15 @@ class SimSession:
 def image_size_for(checkpoint: str | os.PathLike, profile) -> tuple[int, int]:
     """(height, width) for sim_node to render: the frame size the checkpoint was trained on
     (recorded by `vla-ros train`), else the profile's first camera. Rendering another size and
-    resizing gives different pixels than the training frames, which costs a small policy success."""
-    import json
+    resizing gives different pixels than the training frames, which costs a small policy success.
+    An unreadable checkpoint also falls back: policy_node reports why it cannot load it."""
+    from vla_ros.policy.checkpoint import CheckpointError, load_config
 
     try:
-        extra = json.loads((Path(checkpoint) / "config.json").read_text()).get("extra", {})
-        sizes = extra.get("training", {}).get("camera_image_sizes") or {}
+        sizes = load_config(checkpoint).extra.get("training", {}).get("camera_image_sizes") or {}
         height, width = next(iter(sizes.values()))
         return int(height), int(width)
-    except (OSError, ValueError, AttributeError, TypeError, StopIteration):
+    except (CheckpointError, StopIteration, AttributeError, TypeError, ValueError):
         camera = profile.cameras[0]
         return camera.height, camera.width
 
