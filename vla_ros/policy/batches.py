@@ -18,7 +18,7 @@ at the model's image size are exactly what the backbone would have made of the f
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from vla_ros.data.lerobot import DatasetError, LeRobotDataset
+from vla_ros.policy.crop import check_region, crop_frames
 
 DEFAULT_MAX_MEMORY_BYTES = 4 << 30
 RESIZE_CHUNK = 256  # frames resized per call: bounds the float/int intermediate memory
@@ -34,7 +35,7 @@ RESIZE_CHUNK = 256  # frames resized per call: bounds the float/int intermediate
 def resize_frames(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """uint8 (N, H, W, 3) -> uint8 (N, h, w, 3) with the backbone's resize kernel."""
     if frames.shape[1:3] == tuple(size):
-        return frames
+        return np.ascontiguousarray(frames)  # a crop is a view: do not keep the whole frames alive
     out = np.empty((len(frames), *size, 3), dtype=np.uint8)
     for start in range(0, len(frames), RESIZE_CHUNK):
         pixels = torch.from_numpy(frames[start:start + RESIZE_CHUNK]).permute(0, 3, 1, 2)
@@ -70,8 +71,11 @@ class DatasetSamples:
 
     def __init__(self, dataset: LeRobotDataset, episodes: Sequence[int], cameras: Sequence[str],
                  horizon: int, image_size: tuple[int, int],
-                 max_memory_bytes: int = DEFAULT_MAX_MEMORY_BYTES, state_noise_std: float = 0.0):
-        """state_noise_std: Gaussian noise (raw state units) added to the state of every training
+                 max_memory_bytes: int = DEFAULT_MAX_MEMORY_BYTES, state_noise_std: float = 0.0,
+                 crops: Mapping[str, Sequence[float]] | None = None):
+        """crops: camera -> region of interest (vla_ros.policy.crop), cut before the resize.
+
+        state_noise_std: Gaussian noise (raw state units) added to the state of every training
         sample. Demonstrations let a policy read where the arm is heading from tiny offsets of the
         state alone; in closed loop those offsets come from the policy itself, and a policy that
         relied on them never learns to look. Noise larger than those offsets removes the shortcut."""
@@ -84,6 +88,7 @@ class DatasetSamples:
         if missing:
             raise DatasetError(f"{dataset.root}: cameras {missing} are not in the dataset (it has {dataset.cameras})")
         self.cameras = tuple(cameras)
+        self.crops = {camera: check_region(region) for camera, region in (crops or {}).items()}
         self.horizon = int(horizon)
         self.image_size = (int(image_size[0]), int(image_size[1]))
         frames = sum(dataset.episode_meta(i)["length"] for i in episodes)
@@ -101,7 +106,9 @@ class DatasetSamples:
         episode = dataset.episode(index)
         if len(episode) == 0:
             raise DatasetError(f"{dataset.root}: episode {index} is empty")
-        images = {cam: resize_frames(dataset.video_frames(index, cam), self.image_size) for cam in self.cameras}
+        images = {cam: resize_frames(crop_frames(dataset.video_frames(index, cam), self.crops.get(cam)),
+                                     self.image_size)
+                  for cam in self.cameras}
         return EpisodeArrays(index, episode.task, episode.state, episode.action, images)
 
     def locate(self, sample: int) -> tuple[int, int]:

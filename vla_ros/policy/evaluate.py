@@ -133,7 +133,7 @@ def evaluate(dataset_dir, checkpoint_dir, steps: list[int], episodes: list[int] 
         raise ValueError(f"episodes {bad} are not in the dataset (it has {dataset.num_episodes})")
     size = policy.config.image_size
     samples = DatasetSamples(dataset, episodes, policy.config.camera_keys, policy.config.horizon, (size, size),
-                             max_memory_bytes)
+                             max_memory_bytes, crops=policy.config.camera_crops)
     report = {
         "dataset": str(Path(dataset_dir).resolve()),
         "checkpoint": str(Path(checkpoint_dir).resolve()),

@@ -49,7 +49,7 @@ from vla_ros.data.lerobot import DatasetError, LeRobotDataset, camera_key
 from vla_ros.policy.batches import DatasetSamples, split_episodes
 from vla_ros.policy.checkpoint import (NAMED_CONFIGS, build_random_policy, check_compatible, load_checkpoint,
                                        save_checkpoint)
-from vla_ros.policy.model import PolicyConfig, VLAPolicy
+from vla_ros.policy.model import ConfigError, PolicyConfig, VLAPolicy
 from vla_ros.policy.normalize import NormStats
 from vla_ros.policy.train import LOG_FILE, Trainer, TrainConfig, resolve_device
 from vla_ros.robot.profile import load_profile
@@ -60,7 +60,7 @@ CONFIG_FILE = "train_config.json"
 # What a named config (`--config tiny`) means; config/train_tiny.yaml documents each knob.
 DEFAULTS: dict = {
     "model": {"config": "tiny", "profile": "aloha_sim", "cameras": None, "alpha": 4.0, "horizon": None,
-              "normalization": "mean_std", "recommended_steps": 1, "seed": 0},
+              "normalization": "mean_std", "recommended_steps": 1, "seed": 0, "camera_crops": None},
     "data": {"held_out_episodes": 0.1, "split_seed": 0, "image_size": None, "max_memory_gb": 4.0,
              "state_noise_std": 0.0},
     "train": {"lr": 3e-4, "warmup_steps": 100, "total_steps": 2000, "batch_size": 32, "ema_decay": 0.99,
@@ -114,6 +114,8 @@ def _with_training_settings(policy: VLAPolicy, stats: NormStats, model: dict, in
     checkpoint keeps its head weights, so its horizon and normalisation mode must stay."""
     values = policy.config.to_dict()
     values.update(alpha=float(model["alpha"]), recommended_steps=int(model["recommended_steps"]))
+    if model["camera_crops"] is not None:  # otherwise an --init checkpoint keeps the regions it learnt on
+        values["camera_crops"] = model["camera_crops"]
     horizon = int(model["horizon"] or policy.config.horizon)
     if init:
         if horizon != policy.config.horizon:
@@ -130,6 +132,16 @@ def _with_training_settings(policy: VLAPolicy, stats: NormStats, model: dict, in
     if init:
         rebuilt.head.load_state_dict(policy.head.state_dict())
     return rebuilt
+
+
+def _camera_crops(model: dict, config: PolicyConfig) -> dict:
+    """The run's camera regions of interest (model.camera_crops, else the base policy's), checked
+    against the policy's cameras before any data is loaded."""
+    crops = model["camera_crops"] if model["camera_crops"] is not None else config.camera_crops
+    try:
+        return PolicyConfig.from_dict({**config.to_dict(), "camera_crops": crops}).camera_crops
+    except ConfigError as error:
+        raise TrainSetupError(f"model.camera_crops: {error}") from None
 
 
 def check_dataset_fits(dataset: LeRobotDataset, config: PolicyConfig) -> None:
@@ -166,12 +178,13 @@ class Prepared:
         check_dataset_fits(self.dataset, base.config)
         self.train_episodes, self.held_out = split_episodes(
             self.dataset.num_episodes, data["held_out_episodes"], int(data["split_seed"]))
+        crops = _camera_crops(model, base.config)
         size = data["image_size"] or base.config.image_size
         size = (size, size) if isinstance(size, int) else tuple(size)
         horizon = int(model["horizon"] or base.config.horizon)
         self.samples = DatasetSamples(self.dataset, self.train_episodes, base.config.camera_keys,
                                       horizon, size, int(float(data["max_memory_gb"]) * 2**30),
-                                      float(data["state_noise_std"]))
+                                      float(data["state_noise_std"]), crops=crops)
         states = np.concatenate([e.state for e in self.samples.episodes])
         actions = np.concatenate([e.action for e in self.samples.episodes])
         stats = NormStats.from_arrays(states, actions)

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from vla_ros.policy.backbone import FAMILIES, VLMBackbone
+from vla_ros.policy.crop import check_region
 from vla_ros.policy.flow import euler_sample, flow_loss, interpolate, sample_time, velocity_target
 from vla_ros.policy.head import ActionHead, HeadConfig
 from vla_ros.policy.normalize import MODES, Normalizer, NormStats
@@ -55,6 +56,9 @@ class PolicyConfig:
     recommended_steps: int = 1
     robot_profile: str = ""
     normalization: str = "mean_std"
+    # camera key -> region of interest [top, left, height, width], fractions of the frame
+    # (vla_ros.policy.crop); a camera without one is seen whole.
+    camera_crops: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)  # free-form provenance: dataset, training run, ...
 
     def __post_init__(self):
@@ -63,6 +67,10 @@ class PolicyConfig:
         self.action_names = tuple(self.action_names)
         if self.beta is not None:
             self.beta = tuple(float(b) for b in self.beta)
+        if not isinstance(self.camera_crops, dict):
+            raise ConfigError(f"camera_crops must map camera keys to [top, left, height, width], "
+                              f"got {self.camera_crops!r}")
+        self.camera_crops = dict(self.camera_crops)
         self.validate()
 
     def validate(self) -> None:
@@ -89,6 +97,14 @@ class PolicyConfig:
         for name in ("state_dim", "action_dim", "horizon"):
             if getattr(self.head, name) != getattr(self, name):
                 problems.append(f"head.{name} ({getattr(self.head, name)}) != {name} ({getattr(self, name)})")
+        for camera, region in self.camera_crops.items():
+            if camera not in self.camera_keys:
+                problems.append(f"camera_crops names camera '{camera}', which is not in camera_keys "
+                                f"{list(self.camera_keys)}")
+            try:
+                self.camera_crops[camera] = check_region(region)
+            except ValueError as error:
+                problems.append(f"camera_crops['{camera}']: {error}")
         if problems:
             raise ConfigError("invalid policy config: " + "; ".join(problems))
 
@@ -98,6 +114,7 @@ class PolicyConfig:
         data["state_names"] = list(self.state_names)
         data["action_names"] = list(self.action_names)
         data["beta"] = list(self.beta) if self.beta is not None else None
+        data["camera_crops"] = {camera: list(region) for camera, region in self.camera_crops.items()}
         data["head"] = self.head.to_dict()
         return data
 

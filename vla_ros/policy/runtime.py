@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from vla_ros.policy import checkpoint as checkpoints
+from vla_ros.policy.crop import crop_frames
 from vla_ros.policy.model import VLAPolicy
 from vla_ros.robot.profile import RobotProfile
 
@@ -213,5 +214,5 @@ class PolicyRuntime:
                     or image.shape[2] != 3 or min(image.shape[:2]) < 1:
                 described = f"{image.dtype} {image.shape}" if isinstance(image, np.ndarray) else type(image).__name__
                 raise ValueError(f"camera '{key}': expected an HxWx3 uint8 array, got {described}")
-            arrays.append(image)
+            arrays.append(crop_frames(image, self.config.camera_crops.get(key)))
         return arrays
