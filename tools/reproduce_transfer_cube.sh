@@ -2,7 +2,7 @@
 # The proof-in-simulation experiment behind the README table and checkpoints/transfer_cube_default:
 # scripted demonstrations -> two policies trained from scratch (uniform time vs the high-noise
 # shift, same data, seeds and budget) -> 50 closed-loop episodes per cell through ROS.
-# About 10 min of data, 50 min of training (both runs in parallel, one core each) and 35 min of
+# About 10 min of data, 60 min of training (both runs in parallel, one core each) and 35 min of
 # real-time episodes on a 2-core CPU. Usage: tools/reproduce_transfer_cube.sh [WORKDIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,8 +12,9 @@ make venv
 mkdir -p "$work"
 vla=.venv/bin/vla-ros
 
-# Seeds 0..199 (cube poses), rendered at 96x128: the size the policy learns from and sim_node renders.
-[ -d "$work/data" ] || $vla collect-sim --task transfer_cube --episodes 200 --image-size 96x128 --output "$work/data"
+# Seeds 0..199 (cube poses), rendered at 240x320: the size the policy learns from (it looks at a
+# 96x96 region of it, config/train_transfer_cube.yaml) and that sim_node renders in sim-eval.
+[ -d "$work/data" ] || $vla collect-sim --task transfer_cube --episodes 200 --image-size 240x320 --output "$work/data"
 
 pids=()
 for alpha in 4 1; do
