@@ -1,6 +1,9 @@
 """The robot profiles load, expand per-joint data to the 14-dim vector, and reject bad files
 with a message naming file, key and problem."""
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -98,3 +101,14 @@ def test_extends_overrides_top_level_keys(tmp_path):
     loop.write_text(f"extends: {loop}\nname: loop\n")
     with pytest.raises(ProfileError, match="cycle"):
         load_profile(loop)
+
+
+def test_bundled_profiles_are_found_without_an_ament_prefix(tmp_path):
+    """A pip-installed package run by hand (no AMENT_PREFIX_PATH, as outside make and the CLI)
+    still finds its bundled profiles under <prefix>/share/vla_ros."""
+    env = {key: value for key, value in os.environ.items() if key != "AMENT_PREFIX_PATH"}
+    code = "from vla_ros.robot.profile import load_profile; print(load_profile('aloha_sim').source)"
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith("aloha_sim.yaml")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -138,8 +139,12 @@ def config_dir() -> Path:
         share = Path(get_package_share_directory(PACKAGE_NAME)) / "config"
         if share.is_dir():
             return share
-    except Exception:  # not installed into an ament prefix (e.g. running from a checkout)
+    except Exception:  # no ament index: a checkout, or a pip install used without AMENT_PREFIX_PATH
         pass
+    # A pip install puts the data files under <prefix>/share/vla_ros (setup.py data_files).
+    installed = Path(sys.prefix) / "share" / PACKAGE_NAME / "config"
+    if installed.is_dir():
+        return installed
     return Path(__file__).resolve().parents[2] / "config"
 
 
