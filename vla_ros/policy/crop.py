@@ -32,17 +32,19 @@ def check_region(region: Sequence[float]) -> Region:
     return values
 
 
-def region_pixels(frame_height: int, frame_width: int, region: Sequence[float]) -> tuple[slice, slice]:
-    """Row and column slices of `region` in a frame of this size (at least one pixel each)."""
-    top, left, height, width = check_region(region)
+def region_pixels(frame_height: int, frame_width: int, region: Region) -> tuple[slice, slice]:
+    """Row and column slices of a region in a frame of this size (at least one pixel each).
+    The region must come from check_region: this runs on every inference call, so it does not
+    check again (PolicyConfig and DatasetSamples check their regions once)."""
+    top, left, height, width = region
     row0, col0 = min(frame_height - 1, round(top * frame_height)), min(frame_width - 1, round(left * frame_width))
     row1 = max(row0 + 1, min(frame_height, round((top + height) * frame_height)))
     col1 = max(col0 + 1, min(frame_width, round((left + width) * frame_width)))
     return slice(row0, row1), slice(col0, col1)
 
 
-def crop_frames(frames: np.ndarray, region: Sequence[float] | None) -> np.ndarray:
-    """The region of (..., H, W, 3) frames, as a view; None keeps the whole frame."""
+def crop_frames(frames: np.ndarray, region: Region | None) -> np.ndarray:
+    """The region (from check_region) of (..., H, W, 3) frames, as a view; None keeps the whole frame."""
     if region is None:
         return frames
     rows, cols = region_pixels(frames.shape[-3], frames.shape[-2], region)

@@ -107,15 +107,15 @@ def load_train_config(source: str | None) -> dict:
     return config
 
 
-def _with_training_settings(policy: VLAPolicy, stats: NormStats, model: dict, init: bool) -> VLAPolicy:
+def _with_training_settings(policy: VLAPolicy, stats: NormStats, model: dict, init: bool,
+                            camera_crops: dict) -> VLAPolicy:
     """The policy rebuilt around the dataset's statistics and the run's alpha/horizon/steps.
 
     A random policy gets a new head for the configured horizon and normalisation; an --init
     checkpoint keeps its head weights, so its horizon and normalisation mode must stay."""
     values = policy.config.to_dict()
-    values.update(alpha=float(model["alpha"]), recommended_steps=int(model["recommended_steps"]))
-    if model["camera_crops"] is not None:  # otherwise an --init checkpoint keeps the regions it learnt on
-        values["camera_crops"] = model["camera_crops"]
+    values.update(alpha=float(model["alpha"]), recommended_steps=int(model["recommended_steps"]),
+                  camera_crops=camera_crops)
     horizon = int(model["horizon"] or policy.config.horizon)
     if init:
         if horizon != policy.config.horizon:
@@ -135,8 +135,9 @@ def _with_training_settings(policy: VLAPolicy, stats: NormStats, model: dict, in
 
 
 def _camera_crops(model: dict, config: PolicyConfig) -> dict:
-    """The run's camera regions of interest (model.camera_crops, else the base policy's), checked
-    against the policy's cameras before any data is loaded."""
+    """The run's camera regions of interest (model.camera_crops, else the base policy's: an --init
+    checkpoint keeps the regions it learnt on), checked against the policy's cameras before any
+    data is loaded."""
     crops = model["camera_crops"] if model["camera_crops"] is not None else config.camera_crops
     try:
         return PolicyConfig.from_dict({**config.to_dict(), "camera_crops": crops}).camera_crops
@@ -189,7 +190,7 @@ class Prepared:
         actions = np.concatenate([e.action for e in self.samples.episodes])
         stats = NormStats.from_arrays(states, actions)
         stats.extra = {"source": f"dataset {self.dataset.root.resolve()}", "episodes": self.train_episodes}
-        self.policy = _with_training_settings(base, stats, model, init=bool(args.init))
+        self.policy = _with_training_settings(base, stats, model, init=bool(args.init), camera_crops=crops)
         self.policy.config.extra["training"] = {
             "dataset": str(self.dataset.root.resolve()), "train_episodes": self.train_episodes,
             "held_out_episodes": self.held_out, "instructions": sorted({e.task for e in self.samples.episodes}),
