@@ -64,9 +64,14 @@ WELD_SOLIMP = [0.95, 0.99, 0.001]
 # zero pick the unflipped one without moving the gripper. N m / rad.
 ROLL_JOINTS = ("forearm_roll", "wrist_rotate")
 ROLL_SPRING_STIFFNESS = 2.0
-# Control step by which the cube has reached and settled at the meeting point; the left arm's
-# approach is planned then, around where the cube actually is in the right gripper.
-HANDOVER_STEP = 210
+# Control step just after the cube reaches the meeting point (step 175): the left arm, which has
+# been moving toward its place beside the meeting point since the start, goes straight on to the
+# cube, planned around where the cube actually is in the right gripper. Why no pause: a policy
+# sees no clock, so a wait with both arms still gives it nothing to tell when to move on; in
+# closed loop it waited forever (README, "Proof in simulation").
+HANDOVER_STEP = 178
+# Control step at which the left gripper has closed on the cube and the right one starts to open.
+RELEASE_STEP = 230
 ARM_JOINT_INDICES = np.r_[0:6, 7:13]
 
 
@@ -186,19 +191,18 @@ def plan_transfer_cube(
         Waypoint(60, cube + 0.08 * up, pick, 1.0),  # above the cube, open
         Waypoint(100, cube + grasp_height, pick, 1.0),  # fingers around the cube
         Waypoint(130, cube + grasp_height, pick, 0.0),  # closed
-        Waypoint(175, meet, pitch_down, 0.0),  # cube at the meeting point, settles until the handover
-        Waypoint(265, meet, pitch_down, 0.0),
-        Waypoint(290, meet, pitch_down, 1.0),  # released
-        Waypoint(330, meet + 0.1 * toward_right + 0.03 * up, pitch_down, 1.0),  # backed away
+        Waypoint(175, meet, pitch_down, 0.0),  # cube at the meeting point
+        Waypoint(RELEASE_STEP, meet, pitch_down, 0.0),
+        Waypoint(RELEASE_STEP + 20, meet, pitch_down, 1.0),  # released
+        Waypoint(RELEASE_STEP + 60, meet + 0.1 * toward_right + 0.03 * up, pitch_down, 1.0),  # backed away
     ]
     left = [
         left_start,
-        Waypoint(120, meet - 0.12 * toward_right, level_rolled, 1.0),  # open, beside the meeting point
-        Waypoint(HANDOVER_STEP, meet - 0.12 * toward_right, level_rolled, 1.0),
-        Waypoint(240, handover - 0.005 * toward_right, level_rolled, 1.0),  # fingers around the cube
-        Waypoint(265, handover - 0.005 * toward_right, level_rolled, 0.0),  # closed
-        Waypoint(290, handover - 0.005 * toward_right, level_rolled, 0.0),
-        Waypoint(330, handover - 0.06 * toward_right + 0.02 * up, level_rolled, 0.0),  # carried away
+        Waypoint(HANDOVER_STEP, meet - 0.12 * toward_right, level_rolled, 1.0),  # open, beside the meeting point
+        Waypoint(HANDOVER_STEP + 30, handover - 0.005 * toward_right, level_rolled, 1.0),  # fingers around the cube
+        Waypoint(RELEASE_STEP, handover - 0.005 * toward_right, level_rolled, 0.0),  # closed
+        Waypoint(RELEASE_STEP + 20, handover - 0.005 * toward_right, level_rolled, 0.0),
+        Waypoint(RELEASE_STEP + 60, handover - 0.06 * toward_right + 0.02 * up, level_rolled, 0.0),  # carried away
     ]
     return {"left": left, "right": right}
 
