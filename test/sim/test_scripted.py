@@ -59,6 +59,18 @@ def test_actions_are_finite_and_within_profile_limits(episodes, seed):
     np.testing.assert_allclose(actions[0, profile.arm_slice(0)][:6], profile.start_pose[:6], atol=0.05)
 
 
+@pytest.mark.parametrize("seed", SEEDS)
+def test_something_moves_until_the_cube_has_changed_hands(episodes, seed):
+    """A policy sees no clock: while everything stands still it cannot tell when to move on, and
+    the policies trained on a plan with such a pause waited there forever (README, "Proof in
+    simulation"). Until the right gripper has opened, some joint moves in every 0.2 s."""
+    actions = episodes[seed].joint_actions
+    window = 10
+    done = scripted.RELEASE_STEP + 20
+    travel = np.abs(actions[window:done] - actions[:done - window]).max(axis=1)
+    assert travel.min() > 0.02, f"nothing moves around step {int(travel.argmin())}"
+
+
 def test_replay_renders_the_requested_camera(episodes):
     short = dataclasses.replace(episodes[SEEDS[0]], joint_actions=episodes[SEEDS[0]].joint_actions[:3])
     replay = scripted.replay_in_joint_env(short, render_camera="top", size=(48, 64))
