@@ -67,8 +67,9 @@ ROLL_SPRING_STIFFNESS = 2.0
 # Control step just after the cube reaches the meeting point (step 175): the left arm, which has
 # been moving toward its place beside the meeting point since the start, goes straight on to the
 # cube, planned around where the cube actually is in the right gripper. Why no pause: a policy
-# sees no clock, so a wait with both arms still gives it nothing to tell when to move on; in
-# closed loop it waited forever (README, "Proof in simulation").
+# sees no clock, so during a wait with both arms still only incidental cues can tell it when to
+# move on. Policies trained with a pause keyed on the exact look of the right gripper, which
+# drifts in closed loop, and waited forever (README, "Proof in simulation").
 HANDOVER_STEP = 178
 # Control step at which the left gripper has closed on the cube and the right one starts to open.
 RELEASE_STEP = 230
