@@ -66,7 +66,7 @@ def test_something_moves_until_the_cube_has_changed_hands(episodes, seed):
     simulation"). Until the right gripper has opened, some joint moves in every 0.2 s."""
     actions = episodes[seed].joint_actions
     window = 10
-    done = scripted.RELEASE_STEP + 20
+    done = scripted.RELEASE_STEP + scripted.RELEASE_TICKS
     travel = np.abs(actions[window:done] - actions[:done - window]).max(axis=1)
     assert travel.min() > 0.02, f"nothing moves around step {int(travel.argmin())}"
 

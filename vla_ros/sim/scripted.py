@@ -71,8 +71,10 @@ ROLL_SPRING_STIFFNESS = 2.0
 # move on. Policies trained with a pause keyed on the exact look of the right gripper, which
 # drifts in closed loop, and waited forever (README, "Proof in simulation").
 HANDOVER_STEP = 178
-# Control step at which the left gripper has closed on the cube and the right one starts to open.
+# Control step at which the left gripper has closed on the cube and the right one starts to open,
+# and how many steps the right gripper takes to open.
 RELEASE_STEP = 230
+RELEASE_TICKS = 20
 ARM_JOINT_INDICES = np.r_[0:6, 7:13]
 
 
@@ -194,7 +196,7 @@ def plan_transfer_cube(
         Waypoint(130, cube + grasp_height, pick, 0.0),  # closed
         Waypoint(175, meet, pitch_down, 0.0),  # cube at the meeting point
         Waypoint(RELEASE_STEP, meet, pitch_down, 0.0),
-        Waypoint(RELEASE_STEP + 20, meet, pitch_down, 1.0),  # released
+        Waypoint(RELEASE_STEP + RELEASE_TICKS, meet, pitch_down, 1.0),  # released
         Waypoint(RELEASE_STEP + 60, meet + 0.1 * toward_right + 0.03 * up, pitch_down, 1.0),  # backed away
     ]
     left = [
@@ -202,7 +204,7 @@ def plan_transfer_cube(
         Waypoint(HANDOVER_STEP, meet - 0.12 * toward_right, level_rolled, 1.0),  # open, beside the meeting point
         Waypoint(HANDOVER_STEP + 30, handover - 0.005 * toward_right, level_rolled, 1.0),  # fingers around the cube
         Waypoint(RELEASE_STEP, handover - 0.005 * toward_right, level_rolled, 0.0),  # closed
-        Waypoint(RELEASE_STEP + 20, handover - 0.005 * toward_right, level_rolled, 0.0),
+        Waypoint(RELEASE_STEP + RELEASE_TICKS, handover - 0.005 * toward_right, level_rolled, 0.0),
         Waypoint(RELEASE_STEP + 60, handover - 0.06 * toward_right + 0.02 * up, level_rolled, 0.0),  # carried away
     ]
     return {"left": left, "right": right}
