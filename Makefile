@@ -27,9 +27,15 @@ $(VENV)/.requirements: requirements.txt tools/bootstrap_system.sh
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
 	touch $@
 
+# interbotix_xs_msgs, generated from its .msg/.srv definitions with the rosidl wheels, so that
+# tests and the simulation speak the real xs_sdk driver's message types.
+$(VENV)/.interbotix_msgs: $(VENV)/.requirements tools/build_interbotix_msgs.sh $(wildcard tools/interbotix_xs_msgs/*/* tools/interbotix_xs_msgs/*.*)
+	bash tools/build_interbotix_msgs.sh $(VENV)
+	touch $@
+
 # The package itself, installed (not editable) so that its share/ directory and ament index
 # marker exist; reinstalled whenever a package file changes.
-$(VENV)/.installed: $(VENV)/.requirements $(PACKAGE_FILES)
+$(VENV)/.installed: $(VENV)/.requirements $(VENV)/.interbotix_msgs $(PACKAGE_FILES)
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation .
 	rm -rf build *.egg-info
 	touch $@

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# System packages needed on a bare Debian machine: Python 3.11 with venv and Mesa EGL for
-# headless MuJoCo rendering. Installs only what is missing; needs root (or sudo) only then.
+# System packages needed on a bare Debian machine: Python 3.11 with venv, Mesa EGL for
+# headless MuJoCo rendering, and cmake + a C++ compiler to generate interbotix_xs_msgs.
+# Installs only what is missing; needs root (or sudo) only then.
 set -euo pipefail
-needed=(libegl1 libegl-mesa0 libgl1-mesa-dri libgl1)
+needed=(libegl1 libegl-mesa0 libgl1-mesa-dri libgl1 cmake g++ make)
 missing=()
 for pkg in "${needed[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
