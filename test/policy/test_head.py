@@ -42,8 +42,9 @@ def test_output_shape_and_zero_initial_velocity():
     assert torch.count_nonzero(velocity) == 0
 
 
-def test_padded_condition_tokens_do_not_change_the_output():
-    config = HeadConfig(**SMALL)
+@pytest.mark.parametrize("attention", ["block_causal", "bidirectional"])
+def test_padded_condition_tokens_do_not_change_the_output(attention):
+    config = HeadConfig(**SMALL, attention=attention)
     head = _trained_looking_head(config)
     condition, mask, state, noisy, t = _inputs(config)
     before = head(condition, mask, state, noisy, t)
@@ -64,9 +65,10 @@ def test_no_mask_equals_an_all_true_mask():
     torch.testing.assert_close(head(condition, None, state, noisy, t), head(condition, all_real, state, noisy, t))
 
 
+@pytest.mark.parametrize("attention", ["block_causal", "bidirectional"])
 @pytest.mark.parametrize("which", ["state", "noisy", "t", "condition"])
-def test_every_input_reaches_the_velocity(which):
-    config = HeadConfig(**SMALL)
+def test_every_input_reaches_the_velocity(which, attention):
+    config = HeadConfig(**SMALL, attention=attention)
     head = _trained_looking_head(config)
     args = dict(zip(["condition", "mask", "state", "noisy", "t"], _inputs(config)))
     before = head(args["condition"], args["mask"], args["state"], args["noisy"], args["t"])
@@ -127,3 +129,120 @@ def test_forward_compiles_as_one_graph():
     inputs = _inputs(config)
     compiled = torch.compile(head, backend="aot_eager", fullgraph=True)
     torch.testing.assert_close(compiled(*inputs), head(*inputs))
+
+
+# ---- attention layouts and the condition cache ---------------------------------------------------
+BIDIRECTIONAL_SMALL = dict(SMALL, attention="bidirectional")
+
+
+def test_new_heads_are_block_causal_and_configs_without_the_field_are_bidirectional():
+    assert HeadConfig(condition_dim=8).attention == "block_causal"
+    written_before_the_field = {k: v for k, v in SMALL.items()}
+    assert HeadConfig.from_dict(written_before_the_field).attention == "bidirectional"
+    assert HeadConfig.from_dict(HeadConfig(**SMALL).to_dict()).attention == "block_causal"
+    with pytest.raises(ValueError, match="attention"):
+        HeadConfig(condition_dim=8, attention="causal")
+
+
+def test_both_layouts_have_the_same_weights():
+    block_causal, bidirectional = ActionHead(HeadConfig(**SMALL)), ActionHead(HeadConfig(**BIDIRECTIONAL_SMALL))
+    bidirectional.load_state_dict(block_causal.state_dict())  # strict: same names and shapes
+
+
+@pytest.mark.parametrize("use_mask", [True, False])
+def test_condition_keys_and_values_ignore_the_state_and_action_tokens(use_mask):
+    """(a) The condition rows never see the state or the actions: the cache of the condition
+    tokens is the same whatever the state, and the velocity's dependence on x_t and t goes only
+    through the action rows (the cached step reproduces forward for any x_t and t)."""
+    config = HeadConfig(**SMALL)
+    head = _trained_looking_head(config)
+    condition, mask, state, noisy, t = _inputs(config)
+    mask = mask if use_mask else None
+    tokens = condition.shape[1]
+    with torch.no_grad():
+        cache = head.encode_condition(condition, mask, state)
+        other = head.encode_condition(condition, mask, state + 5.0 * torch.randn_like(state))
+        for k, v, k_other, v_other in zip(cache.keys, cache.values, other.keys, other.values):
+            torch.testing.assert_close(k[:, :, :tokens], k_other[:, :, :tokens], rtol=0, atol=0)
+            torch.testing.assert_close(v[:, :, :tokens], v_other[:, :, :tokens], rtol=0, atol=0)
+            assert not torch.allclose(k[:, :, tokens:], k_other[:, :, tokens:])  # the state row does change
+        for _ in range(3):  # new actions and times, one cache
+            noisy, t = 10.0 * torch.randn_like(noisy), torch.rand_like(t)
+            torch.testing.assert_close(head.step(cache, noisy, t), head(condition, mask, state, noisy, t),
+                                       rtol=1e-5, atol=1e-5)
+
+
+def test_condition_rows_of_forward_ignore_the_state_and_actions():
+    """(a) on forward itself: the last block's condition rows, for other states, actions and times."""
+    config = HeadConfig(**SMALL)
+    head = _trained_looking_head(config)
+    condition, mask, state, noisy, t = _inputs(config)
+    rows = []
+    hook = head.blocks[-1].register_forward_hook(lambda module, args, out: rows.append(out[0][:, :condition.shape[1]]))
+    with torch.no_grad():
+        head(condition, mask, state, noisy, t)
+        head(condition, mask, state + 1.0, 3.0 * noisy, 1.0 - t)
+    hook.remove()
+    torch.testing.assert_close(rows[0], rows[1], rtol=0, atol=0)
+    bidirectional = ActionHead(HeadConfig(**BIDIRECTIONAL_SMALL)).eval()
+    bidirectional.load_state_dict(head.state_dict())
+    rows.clear()
+    hook = bidirectional.blocks[-1].register_forward_hook(lambda module, args, out: rows.append(out[0][:, :condition.shape[1]]))
+    with torch.no_grad():
+        bidirectional(condition, mask, state, noisy, t)
+        bidirectional(condition, mask, state + 1.0, 3.0 * noisy, 1.0 - t)
+    hook.remove()
+    assert not torch.allclose(rows[0], rows[1])  # the old layout's condition rows do move
+
+
+@pytest.mark.parametrize("steps", [1, 10])
+def test_cached_decoding_equals_uncached_decoding(steps):
+    """(b) Euler decoding through the cache equals decoding through forward at every step."""
+    from vla_ros.policy.flow import euler_sample
+
+    config = HeadConfig(**SMALL)
+    head = _trained_looking_head(config)
+    condition, mask, state, noise, _ = _inputs(config)
+    with torch.no_grad():
+        cache = head.encode_condition(condition, mask, state)
+        cached = euler_sample(lambda x, t: head.step(cache, x, t), noise, steps)
+        uncached = euler_sample(lambda x, t: head(condition, mask, state, x, t), noise, steps)
+    torch.testing.assert_close(cached, uncached, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(cached, noise)
+
+
+def test_a_bidirectional_head_refuses_to_cache():
+    """(c) The old layout's condition depends on x_t: caching it would silently change results."""
+    config = HeadConfig(**BIDIRECTIONAL_SMALL)
+    condition, mask, state, _, _ = _inputs(config)
+    head = ActionHead(config)
+    assert not head.cacheable
+    with pytest.raises(ValueError, match="'bidirectional' cannot cache its condition"):
+        head.encode_condition(condition, mask, state)
+
+
+def test_cache_repeats_per_draw_and_gradients_reach_the_condition():
+    """Several (t, noise) draws per condition share one cache; training backpropagates through it."""
+    config = HeadConfig(**SMALL)
+    head = _trained_looking_head(config).train()
+    condition, mask, state, noisy, t = _inputs(config)
+    condition.requires_grad_(True)
+    draws = 3
+    cache = head.encode_condition(condition, mask, state).repeat_interleave(draws)
+    noisy, t = noisy.repeat_interleave(draws, 0), t.repeat_interleave(draws, 0)
+    velocity = head.step(cache, noisy, t)
+    expected = head(condition.repeat_interleave(draws, 0), mask.repeat_interleave(draws, 0),
+                    state.repeat_interleave(draws, 0), noisy, t)
+    torch.testing.assert_close(velocity, expected, rtol=1e-5, atol=1e-5)
+    velocity.square().sum().backward()
+    assert condition.grad is not None and condition.grad.abs().sum() > 0
+
+
+def test_cached_step_compiles_as_one_graph():
+    config = HeadConfig(**SMALL)
+    head = _trained_looking_head(config)
+    condition, mask, state, noisy, t = _inputs(config)
+    with torch.no_grad():
+        cache = head.encode_condition(condition, mask, state)
+        compiled = torch.compile(head.step, backend="aot_eager", fullgraph=True)
+        torch.testing.assert_close(compiled(cache, noisy, t), head.step(cache, noisy, t))

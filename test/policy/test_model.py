@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from vla_ros.policy.checkpoint import build_random_policy, profile_stats
+from vla_ros.policy.flow import euler_sample
 from vla_ros.policy.model import ConfigError, PolicyConfig, VLAPolicy, default_config
 from vla_ros.policy.normalize import Normalizer, NormStats, StatsError
 from vla_ros.robot.profile import load_profile
@@ -91,22 +92,77 @@ def test_padded_steps_and_padded_dims_do_not_enter_the_loss(profile):
     assert not torch.allclose(policy.compute_loss(batch, torch.Generator().manual_seed(2)), reference)
 
 
-def test_sample_reuses_one_prefix_and_one_step_is_noise_plus_velocity_at_t0(profile):
-    policy = _policy(profile).eval()
+def _bidirectional(policy):
+    """The same weights with the attention layout of checkpoints written before the field."""
+    values = policy.config.to_dict()
+    values["head"]["attention"] = "bidirectional"
+    old = VLAPolicy(PolicyConfig.from_dict(values), policy.backbone, policy.stats).eval()
+    old.head.load_state_dict(policy.head.state_dict())
+    return old
+
+
+def _sampling_inputs(policy):
     batch = _batch(policy, batch_size=2)
     with torch.no_grad():
         prefix = policy.encode(batch["images"], *policy.tokenize(batch["instruction"]))
-        state = policy.prepare_state(batch["state"])
-        noise = torch.randn(2, policy.config.horizon, policy.config.action_dim)
+    state = policy.prepare_state(batch["state"])
+    noise = torch.randn(2, policy.config.horizon, policy.config.action_dim, generator=torch.Generator().manual_seed(1))
+    return prefix, state, noise
+
+
+def test_sample_caches_the_condition_once_and_one_step_is_noise_plus_velocity_at_t0(profile):
+    policy = _policy(profile).eval()
+    assert policy.config.head.attention == "block_causal"
+    prefix, state, noise = _sampling_inputs(policy)
+    with torch.no_grad():
         policy.backbone.forward = None  # sampling must not touch the VLM again
+        encodes, steps = [], []
+        encode_condition, step = policy.head.encode_condition, policy.head.step
+        policy.head.encode_condition = lambda *args: encodes.append(1) or encode_condition(*args)
+        policy.head.step = lambda cache, x, t: steps.append(t) or step(cache, x, t)
+        ten = policy.sample(prefix, state, 10, noise)
+        assert len(encodes) == 1 and [float(t[0]) for t in steps] == pytest.approx([k / 10 for k in range(10)])
+        one = policy.sample(prefix, state, 1, noise)
+        # velocity() runs the whole uncached sequence: the cache changes nothing
+        torch.testing.assert_close(one, noise + policy.velocity(prefix, noise, torch.zeros(2), state),
+                                   rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(one, ten)
+
+
+@pytest.mark.parametrize("steps", [1, 10])
+def test_cached_sampling_equals_sampling_through_the_whole_sequence(profile, steps):
+    policy = _policy(profile).eval()
+    prefix, state, noise = _sampling_inputs(policy)
+    with torch.no_grad():
+        cached = policy.sample(prefix, state, steps, noise)
+        uncached = euler_sample(lambda x, t: policy.velocity(prefix, x, t, state), noise, steps)
+    torch.testing.assert_close(cached, uncached, rtol=1e-5, atol=1e-5)
+
+
+def test_a_bidirectional_policy_falls_back_to_the_whole_sequence_at_every_step(profile):
+    policy = _bidirectional(_policy(profile))
+    prefix, state, noise = _sampling_inputs(policy)
+    with torch.no_grad():
         calls = []
         velocity = policy.velocity
         policy.velocity = lambda *args: calls.append(args[2]) or velocity(*args)
         ten = policy.sample(prefix, state, 10, noise)
-        assert len(calls) == 10 and [float(t[0]) for t in calls] == pytest.approx([k / 10 for k in range(10)])
-        one = policy.sample(prefix, state, 1, noise)
-        torch.testing.assert_close(one, noise + velocity(prefix, noise, torch.zeros(2), state))
-    assert not torch.allclose(one, ten)
+        assert len(calls) == 10
+        del policy.velocity
+        torch.testing.assert_close(ten, euler_sample(lambda x, t: policy.velocity(prefix, x, t, state), noise, 10),
+                                   rtol=0, atol=0)
+
+
+def test_both_layouts_train_a_step_on_the_tiny_config(profile):
+    """One optimizer step through compute_loss for each layout: finite loss, the head moves."""
+    for policy in (_policy(profile), _bidirectional(_policy(profile)).train()):
+        batch = _batch(policy)
+        optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-3)
+        before = policy.head.blocks[0].attention.qkv.weight.detach().clone()
+        loss = policy.compute_loss(batch, torch.Generator().manual_seed(0))
+        loss.backward()
+        optimizer.step()
+        assert torch.isfinite(loss) and not torch.equal(before, policy.head.blocks[0].attention.qkv.weight)
 
 
 def test_a_few_optimizer_steps_reduce_the_loss_on_a_fixed_batch(profile):

@@ -79,13 +79,15 @@ def test_one_step_by_default_and_n_steps_on_request_with_one_prefix_per_observat
     encodes = []
     encode_pixels = runtime.policy.backbone.encode_pixels
     runtime.policy.backbone.encode_pixels = lambda *a: encodes.append(1) or encode_pixels(*a)
-    heads = []
-    head_forward = runtime.policy.head.forward
-    runtime.policy.head.forward = lambda *a: heads.append(1) or head_forward(*a)
+    conditions, heads = [], []
+    encode_condition, head_step = runtime.policy.head.encode_condition, runtime.policy.head.step
+    runtime.policy.head.encode_condition = lambda *a: conditions.append(1) or encode_condition(*a)
+    runtime.policy.head.step = lambda *a: heads.append(1) or head_step(*a)
     one = runtime.predict(images, state)
-    assert (len(encodes), len(heads)) == (1, 1)
+    assert (len(encodes), len(conditions), len(heads)) == (1, 1, 1)
     ten = runtime.predict(images, state, steps=10)
-    assert (len(encodes), len(heads)) == (2, 11)  # the prefix once, the head once per step
+    # the prefix and the head's condition once per observation, the head's action tokens once per step
+    assert (len(encodes), len(conditions), len(heads)) == (2, 2, 11)
     assert not np.allclose(one, ten)
     configured = PolicyRuntime(checkpoint, deterministic=True, steps=10)
     configured.set_instruction("hand over the cube")

@@ -225,8 +225,14 @@ class VLAPolicy(nn.Module):
         return self.head(prefix.tokens, prefix.mask, state, x_t, t.float()).float()
 
     def sample(self, prefix: Prefix, state: torch.Tensor, steps: int, noise: torch.Tensor) -> torch.Tensor:
-        """Normalised action chunk from `noise` (B, H, action_dim) with `steps` Euler steps."""
-        return euler_sample(lambda x, t: self.velocity(prefix, x, t, state), noise.float(), steps)
+        """Normalised action chunk from `noise` (B, H, action_dim) with `steps` Euler steps.
+
+        A block-causal head computes the condition's keys and values once and every step runs the
+        action tokens only; a bidirectional head (older checkpoints) reruns the whole sequence."""
+        if not self.head.cacheable:
+            return euler_sample(lambda x, t: self.velocity(prefix, x, t, state), noise.float(), steps)
+        cache = self.head.encode_condition(prefix.tokens, prefix.mask, state)
+        return euler_sample(lambda x, t: self.head.step(cache, x, t.float()).float(), noise.float(), steps)
 
     # ---- training ----------------------------------------------------------------------------
     def compute_loss(self, batch: dict, generator: torch.Generator | None = None) -> torch.Tensor:
