@@ -43,6 +43,27 @@ def test_euler_grid_starts_at_noise_and_uses_uniform_steps():
         flow.euler_sample(record, torch.zeros(1, 2), steps=0)
 
 
+def test_alpha_matched_grid_is_the_shifted_uniform_grid_and_one_step_ignores_it():
+    assert flow.time_grid(4) == [0.0, 0.25, 0.5, 0.75, 1.0]
+    shifted = flow.time_grid(4, alpha=4.0)
+    assert shifted[0] == 0.0 and shifted[-1] == 1.0 and shifted[2] == pytest.approx(0.2)  # shift(0.5) = 0.2
+    assert all(a < b for a, b in zip(shifted, shifted[1:]))
+    seen = []
+
+    def record(x, t):
+        seen.append(float(t[0]))
+        return torch.ones_like(x)
+
+    out = flow.euler_sample(record, torch.zeros(1, 2), steps=4, alpha=4.0)
+    assert seen == pytest.approx(shifted[:-1])
+    torch.testing.assert_close(out, torch.ones(1, 2))  # the step sizes still add up to 1
+    seen.clear()
+    flow.euler_sample(record, torch.zeros(1, 2), steps=1, alpha=8.0)
+    assert seen == [0.0]
+    with pytest.raises(ValueError, match="alpha"):
+        flow.time_grid(3, alpha=0.5)
+
+
 def test_shift_moves_mass_towards_noise():
     assert float(flow.shift_time(torch.tensor(0.5), 4.0)) == pytest.approx(0.2)
     u = torch.linspace(0, 1, 101)

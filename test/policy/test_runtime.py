@@ -94,6 +94,21 @@ def test_one_step_by_default_and_n_steps_on_request_with_one_prefix_per_observat
     assert np.array_equal(configured.predict(images, state), ten)
 
 
+def test_eager_runs_drop_the_instruction_padding_without_changing_the_chunk(checkpoint, runtime):
+    """Padded text tokens are masked keys: dropping them only saves work (the prefix of the tiny
+    config shrinks from 3 cameras x 16 + 32 to 3 x 16 + 5 tokens for this 5-token instruction)."""
+    images, state = _observation()
+    padded = PolicyRuntime(checkpoint, deterministic=True, pad_text=True)
+    padded.set_instruction("hand over the cube")
+    assert not runtime.pad_text and padded.pad_text
+    assert runtime._text[0].shape == (1, 5) and padded._text[0].shape == (1, 32)
+    for steps in (1, 10):
+        np.testing.assert_allclose(runtime.predict(images, state, steps=steps), padded.predict(images, state, steps=steps),
+                                   rtol=0, atol=1e-5)
+    compiled = PolicyRuntime(checkpoint, compile=True)
+    assert compiled.pad_text  # one shape for every instruction: no recompilation
+
+
 def test_instruction_is_tokenized_once_for_many_predicts(runtime, monkeypatch):
     calls = []
     tokenize = runtime.policy.backbone.tokenize

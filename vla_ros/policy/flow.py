@@ -14,8 +14,10 @@ which moves mass toward t = 0 (noise), where the one-step decoder starts. openpi
 convention (t = 1 is noise); mixing the two makes the shift favour CLEAN samples, which is why the
 tests pin this one.
 
-Decoding integrates dx/dt = v from t = 0 to t = 1 with Euler steps on a uniform grid; one step is
-a_hat = e + v(e, 0, c).
+Decoding integrates dx/dt = v from t = 0 to t = 1 with Euler steps, on a uniform grid by default or
+on the training distribution's grid (`time_grid(steps, alpha)`: the shift applied to the uniform
+grid, so the steps are dense where training put its samples); one step is a_hat = e + v(e, 0, c)
+on either grid.
 """
 
 from __future__ import annotations
@@ -88,18 +90,25 @@ def mean_noise_level(alpha: float, samples: int = 200_001) -> float:
     return float((1.0 - shift_time(u, alpha)).mean())
 
 
-def euler_sample(velocity: VelocityFn, noise: torch.Tensor, steps: int) -> torch.Tensor:
-    """Integrate from noise (t = 0) to an action (t = 1) with `steps` uniform Euler steps.
+def time_grid(steps: int, alpha: float = 1.0) -> list[float]:
+    """The steps + 1 decoding times from 0 (noise) to 1: the uniform grid shifted by alpha."""
+    if steps < 1:
+        raise ValueError(f"number of decoding steps must be >= 1, got {steps}")
+    uniform = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64)
+    return [float(t) for t in shift_time(uniform, alpha)]
+
+
+def euler_sample(velocity: VelocityFn, noise: torch.Tensor, steps: int, alpha: float = 1.0) -> torch.Tensor:
+    """Integrate from noise (t = 0) to an action (t = 1) with `steps` Euler steps on
+    time_grid(steps, alpha) (alpha = 1: uniform).
 
     velocity(x, t) gets t as a (B,) tensor; the condition is closed over by the caller so that it
     is computed once per observation and reused by every step.
     """
-    if steps < 1:
-        raise ValueError(f"number of decoding steps must be >= 1, got {steps}")
+    grid = time_grid(steps, alpha)
     x = noise
     batch = noise.shape[0]
-    dt = 1.0 / steps
-    for k in range(steps):
-        t = torch.full((batch,), k * dt, dtype=noise.dtype, device=noise.device)
-        x = x + dt * velocity(x, t)
+    for start, end in zip(grid[:-1], grid[1:]):
+        t = torch.full((batch,), start, dtype=noise.dtype, device=noise.device)
+        x = x + (end - start) * velocity(x, t)
     return x

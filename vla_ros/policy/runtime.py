@@ -9,6 +9,8 @@ comes from the runtime's own seeded generator, written into a preallocated buffe
 On CUDA the model runs in bfloat16 (the normaliser stays float32), and the fixed-shape part
 (pixels + tokens + state + noise -> actions) is compiled with torch.compile(mode="reduce-overhead"),
 i.e. captured as CUDA graphs, and warmed up at construction so the first real tick is not slow.
+Compiled graphs keep the instruction padded to max_text_tokens (one shape for every instruction);
+eager runs drop the padding, since padded tokens are masked keys that change nothing but the cost.
 
 One lock serialises predict and set_instruction, so a runtime may be shared with a worker thread.
 """
@@ -37,25 +39,26 @@ class PolicyRuntime:
     def __init__(self, checkpoint_dir: str | os.PathLike, device: str | torch.device = "cpu",
                  steps: int | None = None, deterministic: bool = False, seed: int = 0,
                  dtype: torch.dtype | None = None, compile: bool | None = None,
-                 profile: RobotProfile | None = None):
+                 profile: RobotProfile | None = None, pad_text: bool | None = None):
         """profile: if given, refuse a checkpoint that does not fit that robot (dims, cameras).
-        dtype/compile default to bfloat16 + compiled on CUDA, float32 + eager elsewhere."""
+        dtype/compile default to bfloat16 + compiled on CUDA, float32 + eager elsewhere.
+        pad_text: keep the instruction padded to max_text_tokens (default: only when compiled)."""
         self.checkpoint_dir = Path(checkpoint_dir)
         policy = checkpoints.load_checkpoint(self.checkpoint_dir, profile=profile)
-        self._setup(policy, device, steps, deterministic, seed, dtype, compile)
+        self._setup(policy, device, steps, deterministic, seed, dtype, compile, pad_text)
 
     @classmethod
     def from_policy(cls, policy: VLAPolicy, device: str | torch.device = "cpu", steps: int | None = None,
                     deterministic: bool = False, seed: int = 0, dtype: torch.dtype | None = None,
-                    compile: bool | None = None) -> "PolicyRuntime":
+                    compile: bool | None = None, pad_text: bool | None = None) -> "PolicyRuntime":
         """A runtime around an in-memory policy (benchmarks, training-time evaluation); the
         runtime takes the policy over: it is moved to `device` and its backbone/head cast to dtype."""
         runtime = cls.__new__(cls)
         runtime.checkpoint_dir = None
-        runtime._setup(policy, device, steps, deterministic, seed, dtype, compile)
+        runtime._setup(policy, device, steps, deterministic, seed, dtype, compile, pad_text)
         return runtime
 
-    def _setup(self, policy, device, steps, deterministic, seed, dtype, compile) -> None:
+    def _setup(self, policy, device, steps, deterministic, seed, dtype, compile, pad_text) -> None:
         self.device = torch.device(device)
         cuda = self.device.type == "cuda"
         self.dtype = dtype or (torch.bfloat16 if cuda else torch.float32)
@@ -77,6 +80,7 @@ class PolicyRuntime:
         self._text: tuple[torch.Tensor, torch.Tensor] | None = None
         self.instruction: str | None = None
         use_compile = cuda if compile is None else bool(compile)
+        self.pad_text = use_compile if pad_text is None else bool(pad_text)
         self._core = torch.compile(self._forward, mode="reduce-overhead", dynamic=False) if use_compile \
             else self._forward
         self._prefix_core = torch.compile(self._prefix, mode="reduce-overhead", dynamic=False) if use_compile \
@@ -99,6 +103,9 @@ class PolicyRuntime:
             raise ValueError(f"instruction must be a str, got {type(text).__name__}")
         with self._lock:
             ids, mask = self.policy.backbone.tokenize([text])
+            if not self.pad_text:  # real tokens come first, padding after them
+                length = max(1, int(mask.sum()))
+                ids, mask = ids[:, :length], mask[:, :length]
             self._text = (ids.to(self.device), mask.to(self.device))
             self.instruction = text
 
