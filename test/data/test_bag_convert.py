@@ -77,7 +77,13 @@ def test_episodes_from_time_gaps_and_stale_camera_skips(tmp_path, capsys, profil
     # than the 0.1 s tolerance (0.60 s too: that frame is received 2 ms after its stamp)
     assert report["skipped_by_input"] == {"camera:cam_high": 7}
     assert report["frames_per_episode"] == [40 - 7, 30]
-    assert LeRobotDataset(tmp_path / "ds").num_episodes == 2
+    dataset = LeRobotDataset(tmp_path / "ds")
+    assert dataset.num_episodes == 2
+    # the skipped ticks stay visible: frames keep their tick's time, leaving a 7-frame gap
+    dataset.validate(decode_videos=True)
+    slots = np.round(dataset.episode(0).timestamps * 50).astype(int)
+    assert np.diff(slots).tolist().count(8) == 1 and set(np.diff(slots).tolist()) == {1, 8}
+    assert report["missing_frames"] == 7
 
 
 def test_without_gap_option_a_gap_stays_one_episode(tmp_path, capsys, profile_path):
@@ -124,3 +130,21 @@ def test_gap_and_episode_topic_are_exclusive(tmp_path, profile_path):
         main([str(tmp_path), "--output", str(tmp_path / "ds"), "--profile", str(profile_path),
               "--gap", "1", "--episode-topic", "/e"])
     assert exit_info.value.code == 2
+
+
+def test_gripper_outside_unit_range_is_clipped_and_counted_or_refused(tmp_path, capsys, profile_path):
+    """Converting with gripper maps that do not fit the recording puts grippers below 0."""
+    facts = build_aloha_bag(tmp_path / "bag", profile_path, BagSpec(seconds=0.3))
+    tight = tmp_path / "tight.yaml"
+    tight.write_text(f"extends: {profile_path}\nname: aloha_tight\ngrippers:\n"
+                     "  follower_finger: {open: 0.05800, close: 0.04500}\n"
+                     "  follower_joint: {open: 1.4910, close: -0.6213}\n"
+                     "  leader_finger: {open: 0.02417, close: 0.01244}\n"
+                     "  leader_joint: {open: 0.3083, close: -0.6842}\n")
+    code, report, err = run_convert(capsys, facts.path, tmp_path / "ds", tight)
+    assert code == 0, err
+    states = LeRobotDataset(tmp_path / "ds").episode(0).state[:, list(load_profile(tight).gripper_indices)]
+    assert states.min() == 0.0 and states.max() <= 1.0
+    assert report["grippers_clipped"] == int(np.sum(states == 0.0)) > 0
+    code, _, err = run_convert(capsys, facts.path, tmp_path / "ds2", tight, "--gripper-out-of-range", "refuse")
+    assert code == 1 and "outside [0, 1]" in err and "Traceback" not in err

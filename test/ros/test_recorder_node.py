@@ -117,6 +117,26 @@ def test_rates_and_shortfalls():
         "joints": 50.0, FRAME_RATE_KEY: 50.0}
 
 
+def test_slots_put_frames_on_the_grid_with_gaps_where_frames_or_ticks_are_missing():
+    sampler = FrameSampler({"joints": lambda msg: msg}, tolerance=0.01, period=0.02)
+    sampler.start(0.0)
+    slots = []
+    for time, fresh in [(0.0, True), (0.0203, True), (0.04, False), (0.0601, True),
+                        (0.1199, True), (0.14, True)]:  # a stale input at 0.04; no tick at 0.08, 0.10
+        if fresh:
+            sampler.update("joints", time, "j")
+        if sampler.sample(time) is not None:
+            slots.append(sampler.slot)
+    assert slots == [0, 1, 3, 6, 7]
+    assert (sampler.ticks, sampler.frames, sampler.missed_ticks, sampler.dropped) == (6, 5, 2, 3)
+    sampler.refuse()  # the writer refused the last frame
+    assert (sampler.frames, sampler.refused, sampler.dropped) == (4, 1, 4)
+    sampler.start(1.0)
+    assert (sampler.slot, sampler.missed_ticks, sampler.refused) == (-1, 0, 0)
+    with pytest.raises(ValueError, match="period"):
+        FrameSampler({"joints": lambda msg: msg}, tolerance=0.05, period=0.0)
+
+
 def test_bad_use_is_an_error():
     with pytest.raises(ValueError, match="tolerance"):
         identity_sampler(tolerance=0.0)
@@ -321,13 +341,24 @@ def test_late_inputs_are_counted_in_diagnostics_and_the_stop_reply(recorder):
                        "late leader counts in the diagnostics", node)
     finally:
         robot.leader_paused = False
+    probe.spin_for(0.3)  # frames again after the silence
     values = diagnostics(probe)
     assert int(values["episode_dropped"]) >= int(values["leader:left.late"])
     assert int(values["follower:left.missing"]) == 0
-    stopped = call(probe, node, "stop")
-    assert "leader:left" in stopped.message and "late" in stopped.message
-    if not stopped.success:  # refused for the rate the silence cost: leave the recorder idle
-        assert call(probe, node, "discard").success
+    saved_before = int(values["episodes_saved"])
+    assert set_parameter(probe, node, "allow_low_rate", True).successful
+    try:
+        stopped = call(probe, node, "stop")
+    finally:
+        set_parameter(probe, node, "allow_low_rate", False)
+    assert stopped.success and "leader:left" in stopped.message and "late" in stopped.message
+    wait_for_saved(probe, node, saved_before + 1)
+    dataset = LeRobotDataset(recorder[3])
+    dataset.validate()
+    episode = dataset.episode(dataset.num_episodes - 1)
+    steps = np.diff(np.round(episode.timestamps * 50).astype(int))
+    assert steps.max() > 5, "the leader's silence must show as a gap in time, not as evenly spaced frames"
+    assert int(np.sum(steps - 1)) <= int(diagnostics(probe)["episode_dropped"])
 
 
 @pytest.mark.ros

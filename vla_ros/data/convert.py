@@ -4,7 +4,10 @@ Frames are sampled at the dataset fps from the NEWEST message of every input rec
 (bag receive time), as the recorder node samples live topics: follower joint states ->
 observation.state, leader joint states -> action (through the leader gripper map), every profile
 camera (raw or /compressed) -> its video. A frame is skipped, and counted by reason, when an input's
-header stamp is older than the tolerance. Episodes come from a marker topic (std_msgs/Bool:
+header stamp is older than the tolerance; the frames kept are stored at their tick's time, so a
+skipped frame leaves a gap in the timestamps (which training never pairs across) instead of being
+hidden. A normalised gripper outside [0, 1] is clipped and counted, or refused
+(--gripper-out-of-range). Episodes come from a marker topic (std_msgs/Bool:
 True starts, False ends; std_msgs/String: "stop"/"end"/"save"/"" ends, any other text starts an
 episode with that text as its task), from time gaps in the inputs, or else span the whole bag.
 
@@ -23,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from vla_ros.data.bags import BagError, BagMessage, BagReader, image_to_rgb, stamp_ns
-from vla_ros.data.lerobot import DatasetError, LeRobotWriter
+from vla_ros.data.lerobot import GRIPPER_POLICIES, DatasetError, LeRobotWriter
 from vla_ros.robot import decode
 from vla_ros.robot.profile import ProfileError, RobotProfile, load_profile
 
@@ -186,6 +189,8 @@ class ConvertReport:
     frames_skipped: int = 0
     skipped_by_input: dict[str, int] = field(default_factory=dict)
     episodes_empty: int = 0
+    missing_frames: int = 0     # frame periods inside episodes with no frame (timestamp gaps)
+    grippers_clipped: int = 0   # normalised gripper values moved into [0, 1]
     input_errors: dict[str, int] = field(default_factory=dict)
     last_input_error: str = ""
 
@@ -200,6 +205,7 @@ class _EpisodeSampler:
         self.next_tick: int | None = None
         self.first_tick: int | None = None
         self.frames = 0
+        self.saves: list = []  # Futures of the episodes handed to the writer
 
     def start(self, task: str, time_ns: int) -> None:
         """Open an episode whose tick grid starts at ``time_ns`` (closing any open one)."""
@@ -235,7 +241,7 @@ class _EpisodeSampler:
         if self.task is None:
             return
         if self.frames:
-            self.writer.save_episode()
+            self.saves.append(self.writer.save_episode())
             self.report.episodes += 1
             self.report.frames_written += self.frames
             self.report.frames_per_episode.append(self.frames)
@@ -246,7 +252,7 @@ class _EpisodeSampler:
 
 def convert_bag(bag_path: str | Path, output: str | Path, profile: RobotProfile, fps: int = 50,
                 episode_topic: str | None = None, gap_s: float | None = None, task: str = DEFAULT_TASK,
-                tolerance_s: float = DEFAULT_TOLERANCE_S) -> ConvertReport:
+                tolerance_s: float = DEFAULT_TOLERANCE_S, gripper_out_of_range: str = "clip") -> ConvertReport:
     """Convert one bag; raises BagError / DatasetError / ValueError with a message for the user."""
     if episode_topic and gap_s is not None:
         raise ValueError("give either an episode topic or a time gap for episode boundaries, not both")
@@ -267,7 +273,7 @@ def convert_bag(bag_path: str | Path, output: str | Path, profile: RobotProfile,
                                f"expected one of {list(MARKER_TYPES)}")
             topics.append(episode_topic)
         latest = LatestInputs(profile, inputs)
-        with LeRobotWriter.for_profile(output, profile, fps) as writer:
+        with LeRobotWriter.for_profile(output, profile, fps, gripper_out_of_range=gripper_out_of_range) as writer:
             sampler = _EpisodeSampler(writer, latest, report, tolerance_s)
             last_input_ns = None
             for message in bag.messages(topics):
@@ -292,7 +298,10 @@ def convert_bag(bag_path: str | Path, output: str | Path, profile: RobotProfile,
             if last_input_ns is not None:
                 sampler.sample_until(last_input_ns, inclusive=True)
             sampler.end()
-            writer.wait()
+            for future in sampler.saves:
+                result = future.result()
+                report.missing_frames += result.missing_frames
+                report.grippers_clipped += result.grippers_clipped
     report.input_errors, report.last_input_error = dict(latest.errors), latest.last_error
     return report
 
@@ -310,13 +319,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--task", default=DEFAULT_TASK, help="task text of the episodes")
     parser.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE_S,
                         help="skip a frame when an input's newest message is older than this (s)")
+    parser.add_argument("--gripper-out-of-range", choices=GRIPPER_POLICIES, default="clip",
+                        help="a normalised gripper outside [0, 1]: clip it (counted in the report) or refuse "
+                             "the conversion (default clip)")
     args = parser.parse_args(argv)
     if args.fps <= 0:
         parser.error(f"--fps must be a positive integer, got {args.fps}")
     try:
         profile = load_profile(args.profile)
         report = convert_bag(args.bag, args.output, profile, args.fps, args.episode_topic, args.gap,
-                             args.task, args.tolerance)
+                             args.task, args.tolerance, args.gripper_out_of_range)
     except (BagError, DatasetError, ProfileError, ValueError, OSError) as err:
         print(f"vla-ros convert: {err}", file=sys.stderr)
         return 1

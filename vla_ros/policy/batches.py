@@ -1,7 +1,9 @@
 """LeRobot v3 dataset -> training batches for VLAPolicy.compute_loss.
 
 A sample is one (episode, frame t): the state at t, the action chunk t..t+H-1 (past the episode's
-end the last action is repeated and `action_is_pad` marks those steps, which the loss ignores),
+end, or past a gap in the timestamps where frames were dropped, the last action before it is
+repeated and `action_is_pad` marks those steps, which the loss ignores: a chunk never pairs
+frames across a gap),
 the camera images at t for the policy's camera keys and the episode's task text.
 
 Why everything is decoded up front: seeking into mp4s for every random sample costs
@@ -64,6 +66,7 @@ class EpisodeArrays:
     state: np.ndarray                # (T, state_dim) float32
     action: np.ndarray               # (T, action_dim) float32
     images: dict[str, np.ndarray]    # camera -> (T, h, w, 3) uint8 at the working size
+    slots: np.ndarray | None = None  # (T,) frame periods since the first frame; None = consecutive
 
 
 class DatasetSamples:
@@ -109,7 +112,8 @@ class DatasetSamples:
         images = {cam: resize_frames(crop_frames(dataset.video_frames(index, cam), self.crops.get(cam)),
                                      self.image_size)
                   for cam in self.cameras}
-        return EpisodeArrays(index, episode.task, episode.state, episode.action, images)
+        slots = np.round(episode.timestamps.astype(np.float64) * dataset.fps).astype(np.int64)
+        return EpisodeArrays(index, episode.task, episode.state, episode.action, images, slots)
 
     def locate(self, sample: int) -> tuple[int, int]:
         """Position in self.episodes and frame within it of the sample-th frame overall."""
@@ -117,11 +121,18 @@ class DatasetSamples:
         return position, int(sample - self._starts[position])
 
     def chunk(self, position: int, frame: int) -> tuple[np.ndarray, np.ndarray]:
-        """Actions frame..frame+H-1 (last action repeated past the end) and their padding mask."""
-        action = self.episodes[position].action
+        """Actions frame..frame+H-1 and their padding mask: steps past the episode's end or past a
+        dropped frame (a timestamp gap) are padding and repeat the last action before them."""
+        episode = self.episodes[position]
+        action = episode.action
+        last = len(action) - 1
+        if episode.slots is not None:
+            ahead = episode.slots[frame:frame + self.horizon] - episode.slots[frame]
+            contiguous = ahead == np.arange(len(ahead))  # slots only grow: False from the first gap on
+            last = frame + int(contiguous.sum()) - 1
         steps = np.arange(frame, frame + self.horizon)
-        is_pad = steps >= len(action)
-        return action[np.minimum(steps, len(action) - 1)], is_pad
+        is_pad = steps > last
+        return action[np.minimum(steps, last)], is_pad
 
     def collate(self, samples: Sequence[int]) -> dict:
         """The batch for these frame numbers (0..num_frames-1), in compute_loss's format."""

@@ -92,18 +92,30 @@ class FrameSampler:
 
     Messages are decoded lazily, once each, by ``decoders[name]`` (ValueError = bad message):
     only messages that end up in a frame cost decoding time. Counts restart with each episode.
+
+    ``slot`` is the sample time's place on the frame grid (frame periods since the episode's first
+    sample time; with ``period`` given, a sample time more than one period after the previous one
+    skips the slots in between: ticks the timer never ran). Frames are stored at their slot, so
+    every dropped frame and every missed tick leaves a gap that training can see.
     """
 
-    def __init__(self, decoders: Mapping[str, Callable[[Any], Any]], tolerance: float):
+    def __init__(self, decoders: Mapping[str, Callable[[Any], Any]], tolerance: float, period: float | None = None):
         if not decoders:
             raise ValueError("a sampler needs at least one input")
         if not tolerance > 0:
             raise ValueError(f"tolerance must be > 0 seconds, got {tolerance!r}")
+        if period is not None and not period > 0:
+            raise ValueError(f"period must be > 0 seconds, got {period!r}")
         self.decoders = dict(decoders)
         self.tolerance = float(tolerance)
+        self.period = period
         self.counts = {name: InputCounts() for name in self.decoders}
         self.ticks = 0   # sample times in the episode
         self.frames = 0  # of which produced a frame
+        self.missed_ticks = 0  # frame periods with no sample time at all
+        self.refused = 0  # frames the dataset writer refused (e.g. a gripper outside [0, 1])
+        self.slot = -1
+        self._last_time: float | None = None
         self.started_at: float | None = None
         self.stopped_at: float | None = None
         self._latest: dict[str, list] = {}  # name -> [stamp, message, decoded value or None]
@@ -114,12 +126,14 @@ class FrameSampler:
 
     @property
     def dropped(self) -> int:
-        return self.ticks - self.frames
+        """Frame periods of the episode that have no frame."""
+        return self.ticks - self.frames + self.missed_ticks
 
     def start(self, time: float) -> None:
         """Begin an episode at ``time``: counts restart; the newest messages stay usable."""
         self.counts = {name: InputCounts() for name in self.decoders}
-        self.ticks = self.frames = 0
+        self.ticks = self.frames = self.missed_ticks = self.refused = 0
+        self.slot, self._last_time = -1, None
         self.started_at, self.stopped_at = float(time), None
 
     def stop(self, time: float) -> None:
@@ -146,6 +160,12 @@ class FrameSampler:
         """The decoded newest value of every input at ``time``, or None (a dropped frame,
         counted against each input that was missing, late or undecodable)."""
         self.ticks += 1
+        step = 1
+        if self.period is not None and self._last_time is not None:
+            step = max(1, int(round((time - self._last_time) / self.period)))
+        self.missed_ticks += step - 1
+        self.slot += step
+        self._last_time = time
         values, problems = {}, []
         for name, decoder in self.decoders.items():
             latest = self._latest.get(name)
@@ -172,6 +192,11 @@ class FrameSampler:
             return None
         self.frames += 1
         return values
+
+    def refuse(self) -> None:
+        """The frame just sampled was not stored after all (the writer refused it)."""
+        self.frames -= 1
+        self.refused += 1
 
     def duration(self, now: float) -> float:
         """Seconds the episode has lasted (until its stop, or until ``now`` while active)."""
@@ -245,7 +270,8 @@ class RecorderNode(Node):
         self.profile = load_profile(self.params["profile"])
         self.fps = self.params["fps"] or int(round(self.profile.control_rate_hz))
         self.writer = LeRobotWriter.for_profile(self.params["dataset"], self.profile, self.fps)
-        self.sampler = FrameSampler(input_decoders(self.profile), self.params["tolerance"])
+        self.sampler = FrameSampler(input_decoders(self.profile), self.params["tolerance"], 1.0 / self.fps)
+        self.last_refusal = ""
         self.camera_inputs = [camera_input(c) for c in self.profile.cameras]
         self.state = RecorderState.IDLE
         self.episodes_started = 0
@@ -276,7 +302,7 @@ class RecorderNode(Node):
         self.create_service(Trigger, "~/stop", self.on_stop)
         self.create_service(Trigger, "~/discard", self.on_discard)
         self.diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", state_qos())
-        self.create_timer(1.0 / self.fps, self.on_sample_time)
+        self.sample_timer = self.create_timer(1.0 / self.fps, self.on_sample_time)
         self.create_timer(self.params["diagnostics_period"], self.publish_diagnostics)
         self.get_logger().info(f"recording {self.profile.name} at {self.fps} fps into {self.params['dataset']} "
                                f"({self.writer.num_episodes} episodes there); call ~/start")
@@ -289,19 +315,31 @@ class RecorderNode(Node):
     def on_message(self, name: str, use_header: bool, msg) -> None:
         self.sampler.update(name, convert.time_to_seconds(msg.header.stamp) if use_header else self.now(), msg)
 
+    def tick_time(self) -> float:
+        """The time this timer call was scheduled for: on the timer's grid, however late the
+        callback runs, so that a late callback is not mistaken for a dropped frame."""
+        now = self.now()
+        until_next = self.sample_timer.time_until_next_call()
+        return now if until_next is None else now + until_next * 1e-9 - 1.0 / self.fps
+
     def on_sample_time(self) -> None:
         if self.state is not RecorderState.RECORDING:
             return
-        now = self.now()
-        values = self.sampler.sample(now)
+        values = self.sampler.sample(self.tick_time())
         if values is None:
             return
         state = np.concatenate([values[follower_input(arm)] for arm in self.profile.arms])
         action = np.concatenate([values[leader_input(arm)] for arm in self.profile.arms])
         images = {c.name: values[camera_input(c)] for c in self.profile.cameras}
-        # No timestamp: the table stores frame_index / fps, and a wall clock stepped back by NTP
-        # must not make the writer reject the frame.
-        self.writer.add_frame(state, action, images)
+        # Stored at its slot on the frame grid (episode time, not the clock: a clock stepped back
+        # by NTP must not make the writer refuse frames); skipped slots are the dropped frames.
+        try:
+            self.writer.add_frame(state, action, images, timestamp=self.sampler.slot / self.fps)
+        except ValueError as exc:
+            self.sampler.refuse()
+            if self.last_refusal != str(exc):
+                self.get_logger().warning(f"frame not recorded: {exc}")
+            self.last_refusal = str(exc)
 
     # --- task and parameters ----------------------------------------------------------------
 
@@ -411,13 +449,18 @@ class RecorderNode(Node):
         self.episodes_saved += 1
         self.last_save = result
         self.get_logger().info(f"saved episode {result.episode_index}: {result.length} frames "
-                               f"in {result.seconds:.2f} s")
+                               f"({result.missing_frames} gaps on the frame grid, {result.grippers_clipped} "
+                               f"gripper values clipped to [0, 1]) in {result.seconds:.2f} s")
 
     def episode_summary(self, now: float) -> str:
         dropped = {name: f"{c.missing} missing, {c.late} late, {c.invalid} invalid"
                    for name, c in self.sampler.counts.items() if c.missing or c.late or c.invalid}
         expected = int(round(self.sampler.duration(now) * self.fps))
         text = f"{self.sampler.frames} of {expected} expected frames recorded, {self.sampler.dropped} dropped"
+        if self.sampler.missed_ticks:
+            dropped["timer"] = f"{self.sampler.missed_ticks} periods with no sample time"
+        if self.sampler.refused:
+            dropped["writer"] = f"{self.sampler.refused} refused ({self.last_refusal})"
         return text + (f": {dropped}" if dropped else "")
 
     # --- health and shutdown ----------------------------------------------------------------
@@ -439,7 +482,10 @@ class RecorderNode(Node):
             ("episodes_started", self.episodes_started), ("episodes_saved", self.episodes_saved),
             ("saves_pending", pending), ("save_failures", self.save_failures),
             ("last_save_seconds", f"{self.last_save.seconds:.3f}" if self.last_save else ""),
+            ("last_save_missing_frames", self.last_save.missing_frames if self.last_save else ""),
+            ("last_save_grippers_clipped", self.last_save.grippers_clipped if self.last_save else ""),
             ("episode_frames", self.sampler.frames), ("episode_dropped", self.sampler.dropped),
+            ("episode_missed_ticks", self.sampler.missed_ticks), ("episode_refused", self.sampler.refused),
             ("encoder_backlog", self.writer.encoder_backlog),
         ]
         for name, c in counts.items():
