@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -139,13 +138,17 @@ def config_dir() -> Path:
         share = Path(get_package_share_directory(PACKAGE_NAME)) / "config"
         if share.is_dir():
             return share
-    except Exception:  # no ament index: a checkout, or a pip install used without AMENT_PREFIX_PATH
+    except Exception:  # no ament index: a checkout, or an install used without AMENT_PREFIX_PATH
         pass
-    # A pip install puts the data files under <prefix>/share/vla_ros (setup.py data_files).
-    installed = Path(sys.prefix) / "share" / PACKAGE_NAME / "config"
-    if installed.is_dir():
-        return installed
-    return Path(__file__).resolve().parents[2] / "config"
+    # An install not on the ament path (an unsourced colcon workspace, a venv run by hand) keeps its
+    # data files in <prefix>/share/vla_ros, where <prefix> is an ancestor of the installed code
+    # (<prefix>/lib/python3.X/site-packages/vla_ros, or local/lib/.../dist-packages on Debian).
+    here = Path(__file__).resolve()
+    for prefix in here.parents[2:]:
+        installed = prefix / "share" / PACKAGE_NAME / "config"
+        if installed.is_dir():
+            return installed
+    return here.parents[2] / "config"
 
 
 def resolve_profile_path(name_or_path: str | os.PathLike) -> Path:
