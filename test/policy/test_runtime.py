@@ -169,14 +169,33 @@ def test_runtime_checks_the_robot_profile(runtime):
 
 
 def test_bench_prints_latency_json(capsys):
-    assert bench.main(["--repeats", "3", "--warmup", "1", "--cameras", "1", "2", "--steps", "1", "3"]) == 0
+    assert bench.main(["--repeats", "3", "--warmup", "1", "--cameras", "1", "2", "--steps", "1", "3",
+                       "--skip-layouts"]) == 0
     report = json.loads(capsys.readouterr().out)
+    assert "layouts" not in report and len(report["load_average_before"]) == 3
     per_cameras = report["cpu"]["per_cameras"]
     assert set(per_cameras) == {"1", "2"}
     for result in per_cameras.values():
         assert set(result) == {"prefix_only", "steps_1", "steps_3", "one_step_over_prefix"}
         assert result["steps_3"]["n"] == 3 and result["steps_1"]["p50_ms"] <= result["steps_1"]["p99_ms"]
     assert report["cuda"] == "no CUDA device" or "peak_gpu_memory_gb" in report["cuda"]
+
+
+def test_bench_times_both_attention_layouts_with_and_without_instruction_padding(checkpoint, capsys):
+    assert bench.main(["--repeats", "2", "--warmup", "0", "--skip-cpu", "--skip-gpu",
+                       "--checkpoint", str(checkpoint)]) == 0
+    layouts = json.loads(capsys.readouterr().out)["layouts"]
+    expected = {f"{layout}, instruction {text}" for layout in ("block_causal", "bidirectional")
+                for text in ("cut", "padded")}
+    assert set(layouts["tiny"]["layouts"]) == expected
+    # the checkpoint is block-causal: its own weights, plus a fresh bidirectional head
+    assert set(layouts["checkpoint"]["layouts"]) == {
+        key.replace("block_causal", "block_causal (trained weights)") for key in expected}
+    # bench.INSTRUCTION is <bos> + 8 words, the length the issue measured
+    assert layouts["checkpoint"]["instruction_tokens_cut"] == 9 and layouts["checkpoint"]["instruction_tokens_padded"] == 32
+    for result in layouts["tiny"]["layouts"].values():
+        assert {"prefix_only", "steps_1", "steps_10", "ten_over_one", "head_step_ms", "head_step_over_prefix"} <= set(result)
+        assert result["ten_over_one"] == pytest.approx(result["steps_10"]["p50_ms"] / result["steps_1"]["p50_ms"], abs=1e-3)
 
 
 def test_bfloat16_runtime_stays_close_to_float32(checkpoint):

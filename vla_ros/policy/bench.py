@@ -8,7 +8,15 @@ GPU memory. Targets (issue 3): p50 <= 10 ms, p99 <= 15 ms, < 6 GB, one step with
 prefix alone. Latencies are wall-clock per predict call in milliseconds, after warm-up.
 
 Small models on a shared CPU are dominated by thread hand-off, so the CPU part runs with
---threads intra-op threads (default 1); the value is recorded in the output.
+--threads intra-op threads (default 1); the value is recorded in the output, with the machine's
+load average before and after (other processes inflate every figure).
+
+Attention layouts (issue 17, "layouts" in the output): the head's condition cache on CPU. The
+tiny configuration and a policy with a given checkpoint's architecture (--checkpoint) are timed
+with a freshly initialised block-causal head and, for comparison, the bidirectional head (for the
+checkpoint: its own trained weights, if it is bidirectional), each with the instruction cut to its
+real tokens and padded to max_text_tokens. Targets: ten steps <= 1.6x one step, and one step within
+10% of the prefix, i.e. a cached head step <= 0.1x the prefix (head_step_over_prefix).
 """
 
 from __future__ import annotations
@@ -23,7 +31,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from vla_ros.policy.checkpoint import build_random_policy  # noqa: E402
+from vla_ros.policy.checkpoint import build_random_policy, load_checkpoint  # noqa: E402
+from vla_ros.policy.head import BIDIRECTIONAL, BLOCK_CAUSAL  # noqa: E402
+from vla_ros.policy.model import PolicyConfig, VLAPolicy  # noqa: E402
 from vla_ros.policy.runtime import PolicyRuntime  # noqa: E402
 from vla_ros.robot.profile import load_profile  # noqa: E402
 
@@ -59,6 +69,67 @@ def measure(runtime: PolicyRuntime, image_hw: tuple[int, int], steps_list, warmu
     if 1 in steps_list:
         result["one_step_over_prefix"] = round(result["steps_1"]["p50_ms"] / result["prefix_only"]["p50_ms"], 3)
     return result
+
+
+def step_costs(result: dict) -> dict:
+    """From measure() with 1 and 10 steps: ten over one step, and one head step (the cost of
+    each extra step) over the prefix."""
+    one, ten, prefix = (result[key]["p50_ms"] for key in ("steps_1", "steps_10", "prefix_only"))
+    head_step = (ten - one) / 9
+    return {"ten_over_one": round(ten / one, 3), "head_step_ms": round(head_step, 3),
+            "head_step_over_prefix": round(head_step / prefix, 3)}
+
+
+def with_layout(policy: VLAPolicy, attention: str) -> VLAPolicy:
+    """The same backbone and statistics with a freshly initialised head in `attention` layout."""
+    values = policy.config.to_dict()
+    values["head"]["attention"] = attention
+    torch.manual_seed(0)
+    return VLAPolicy(PolicyConfig.from_dict(values), policy.backbone, policy.stats)
+
+
+def camera_hw(config: PolicyConfig) -> tuple[int, int]:
+    """The frame size the policy was trained on (its first camera's), else ALOHA's 480x640."""
+    sizes = config.extra.get("training", {}).get("camera_image_sizes", {}) if isinstance(config.extra, dict) else {}
+    size = sizes.get(config.camera_keys[0]) if isinstance(sizes, dict) else None
+    return tuple(size) if size else (480, 640)
+
+
+def bench_layouts(checkpoint: str | None, warmup: int, repeats: int, threads: int) -> dict:
+    """Prefix, 1 and 10 steps for both attention layouts, instruction cut and padded (CPU)."""
+    profile = load_profile(PROFILE)
+    tiny = build_random_policy("tiny", profile, profile.camera_names[:1])
+    cases = {"tiny": {layout: with_layout(tiny, layout) for layout in (BLOCK_CAUSAL, BIDIRECTIONAL)}}
+    if checkpoint:
+        shipped = load_checkpoint(checkpoint)
+        cases["checkpoint"] = {shipped.config.head.attention + " (trained weights)": shipped}
+        for layout in (BLOCK_CAUSAL, BIDIRECTIONAL):
+            if layout != shipped.config.head.attention:
+                cases["checkpoint"][layout] = with_layout(shipped, layout)
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    out = {"threads": threads, "steps": [1, 10], "targets": {"ten_over_one_max": 1.6, "one_step_over_prefix_max": 1.1,
+                                                           "head_step_over_prefix_max": 0.1}}
+    try:
+        for name, policies in cases.items():
+            config = next(iter(policies.values())).config
+            entry = {"source": checkpoint if name == "checkpoint" else "random:tiny",
+                     "cameras": list(config.camera_keys), "image_hw": list(camera_hw(config)),
+                     "horizon": config.horizon, "head": {k: v for k, v in config.head.to_dict().items()
+                                                         if k != "attention"},
+                     "condition_tokens_padded": None, "layouts": {}}
+            for layout, policy in policies.items():
+                for pad_text in (False, True):
+                    runtime = PolicyRuntime.from_policy(policy, device="cpu", pad_text=pad_text)
+                    result = measure(runtime, camera_hw(config), [1, 10], warmup, repeats)
+                    entry["condition_tokens_padded"] = runtime.policy.backbone.num_tokens(len(config.camera_keys))
+                    entry[f"instruction_tokens_{'padded' if pad_text else 'cut'}"] = int(runtime._text[0].shape[1])
+                    key = f"{layout}, instruction {'padded' if pad_text else 'cut'}"
+                    entry["layouts"][key] = {**result, **step_costs(result)}
+            out[name] = entry
+    finally:
+        torch.set_num_threads(previous_threads)
+    return out
 
 
 def bench_cpu(config: str, cameras: list[int], steps_list, warmup: int, repeats: int, threads: int) -> dict:
@@ -103,18 +174,24 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--cameras", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--steps", type=int, nargs="+", default=[1, 10])
     parser.add_argument("--config", default="tiny", help="named config for the CPU part (tiny, tiny-smolvlm)")
+    parser.add_argument("--checkpoint", help="also time this checkpoint's architecture in both attention layouts")
     parser.add_argument("--skip-cpu", action="store_true")
+    parser.add_argument("--skip-layouts", action="store_true", help="skip the attention-layout comparison")
     parser.add_argument("--skip-gpu", action="store_true")
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.warmup < 0 or args.threads < 1 or min(args.steps) < 1 \
             or not 1 <= min(args.cameras) <= max(args.cameras) <= 4:
         parser.error("repeats/threads/steps must be positive, warmup >= 0, cameras in 1..4")
-    report = {"benchmark": "policy", "torch": torch.__version__}
+    report = {"benchmark": "policy", "torch": torch.__version__,
+              "load_average_before": [round(v, 2) for v in os.getloadavg()], "cpu_count": os.cpu_count()}
     if not args.skip_cpu:
         report["cpu"] = bench_cpu(args.config, args.cameras, args.steps, args.warmup, args.repeats, args.threads)
+    if not args.skip_layouts:
+        report["layouts"] = bench_layouts(args.checkpoint, args.warmup, args.repeats, args.threads)
     if torch.cuda.is_available() and not args.skip_gpu:
         report["cuda"] = bench_cuda("1.4b", 3, args.steps, args.warmup, args.repeats)
     else:
         report["cuda"] = None if args.skip_gpu else "no CUDA device"
+    report["load_average_after"] = [round(v, 2) for v in os.getloadavg()]
     print(json.dumps(report, indent=2))
     return 0
