@@ -8,18 +8,23 @@ FULL attention between prefix tokens, fed as `inputs_embeds`. The output tokens 
 the condition the action head attends to. Only the part that reaches the image tokens is
 family-specific (`_FAMILIES`).
 
-Models always load from a LOCAL directory (never the hub). Image preprocessing runs on the
-model's device as one batched tensor operation for all cameras (uint8 HxWx3 -> resize ->
-normalise with the processor's mean/std), so there is no PIL and no per-image Python work.
+Models always load from a LOCAL directory (never the hub), laid out as users download them:
+config.json, model.safetensors or shards named by model.safetensors.index.json, tokenizer.json and
+preprocessor_config.json. A LeRobot SmolVLA checkpoint (vla_ros.policy.smolvla) is the other
+source. Image preprocessing runs on the model's device as one batched tensor operation for all
+cameras (uint8 HxWx3 -> resize, or resize-with-pad -> normalise with the processor's mean/std), so
+there is no PIL and no per-image Python work.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import hashlib
 import json
 import os
 from collections import OrderedDict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -33,15 +38,132 @@ from transformers import (  # noqa: E402
     Idefics3ForConditionalGeneration,
     PaliGemmaForConditionalGeneration,
     PreTrainedTokenizerFast,
+    SmolVLMForConditionalGeneration,
 )
 
-FAMILIES = ("paligemma", "idefics3")
-_MODEL_CLASSES = {"paligemma": PaliGemmaForConditionalGeneration, "idefics3": Idefics3ForConditionalGeneration}
+# PaliGemma (pi0's VLM), Idefics3 (SmolVLM) and SmolVLM2 (SmolVLA's VLM, model_type "smolvlm").
+FAMILIES = ("paligemma", "idefics3", "smolvlm")
+MODEL_CLASSES = {"paligemma": PaliGemmaForConditionalGeneration, "idefics3": Idefics3ForConditionalGeneration,
+                 "smolvlm": SmolVLMForConditionalGeneration}
 PREPROCESSOR_FILE = "preprocessor_config.json"
+TOKENIZER_FILE = "tokenizer.json"
+WEIGHTS_FILE = "model.safetensors"
+WEIGHTS_INDEX_FILE = "model.safetensors.index.json"
+IMAGE_FIT_FILE = "image_fit.json"  # ours: how frames are fitted to the square input
+FREEZE_PRESETS = ("none", "vision", "language", "both")
+# The language model's projections LoRA adapts (Gemma and Llama name them alike).
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 
 class BackboneError(ValueError):
     """A backbone directory that cannot be used (missing files, unsupported family, bad option)."""
+
+
+@dataclass(frozen=True)
+class ImageFit:
+    """How a camera frame becomes the square model input.
+
+    stretch: resize to SxS (what the PaliGemma and SmolVLM processors do with one image tile).
+    pad: resize keeping the aspect ratio so that the longer side is S, then pad to SxS with
+    `pad_value` (normalised units) on the `pad_side` ("start": top/left, as LeRobot's SmolVLA
+    does; "end": bottom/right), so that frames are never distorted."""
+
+    mode: str = "stretch"
+    pad_side: str = "start"
+    pad_value: float = 0.0
+
+    def __post_init__(self):
+        if self.mode not in ("stretch", "pad") or self.pad_side not in ("start", "end"):
+            raise BackboneError(f"image fit needs mode stretch|pad and pad_side start|end, got {self}")
+
+    @classmethod
+    def read(cls, directory: Path) -> "ImageFit":
+        """The directory's image fit (written by save_assets); absent: stretch, as the processors do."""
+        path = directory / IMAGE_FIT_FILE
+        if not path.is_file():
+            return cls()
+        try:
+            return cls(**json.loads(path.read_text()))
+        except (json.JSONDecodeError, TypeError) as error:
+            raise BackboneError(f"{path}: not an image fit ({error})") from error
+
+    def fitted_size(self, height: int, width: int, size: int) -> tuple[int, int]:
+        """The size a HxW frame is resized to before any padding."""
+        if self.mode == "stretch":
+            return size, size
+        scale = size / max(height, width)
+        return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def weight_files(directory: Path) -> list[Path]:
+    """The safetensors files of a downloaded model directory: the index's shards, all present, or
+    the single model.safetensors. BackboneError names what is missing."""
+    index = directory / WEIGHTS_INDEX_FILE
+    if index.is_file():
+        try:
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as error:
+            raise BackboneError(f"{index}: not a safetensors index ({error})") from error
+        missing = [name for name in shards if not (directory / name).is_file()]
+        if missing:
+            raise BackboneError(f"{directory}: {len(missing)} of {len(shards)} weight shards are missing "
+                                f"(e.g. {missing[0]}): the download is incomplete")
+        return [directory / name for name in shards]
+    if (directory / WEIGHTS_FILE).is_file():
+        return [directory / WEIGHTS_FILE]
+    raise BackboneError(f"{directory}: no weights ({WEIGHTS_FILE}, or {WEIGHTS_INDEX_FILE} and its shards)")
+
+
+def sha256_of(files: list[Path]) -> str:
+    """One hash over the weight files' bytes, in the given order (a backbone's provenance)."""
+    digest = hashlib.sha256()
+    for path in files:
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 24), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def read_model_type(directory: Path) -> str:
+    """config.json's model_type, checked to be a supported family before transformers reads it."""
+    path = directory / "config.json"
+    if not path.is_file():
+        raise BackboneError(f"{directory}: not a model directory (no config.json)")
+    try:
+        model_type = json.loads(path.read_text()).get("model_type")
+    except (json.JSONDecodeError, AttributeError) as error:
+        raise BackboneError(f"{path}: not a model config ({error})") from error
+    if model_type not in FAMILIES:
+        raise BackboneError(f"{directory}: unsupported backbone model_type '{model_type}' "
+                            f"(supported: {', '.join(FAMILIES)})")
+    return model_type
+
+
+def load_tokenizer(directory: Path) -> PreTrainedTokenizerFast:
+    """The directory's own tokenizer (tokenizer.json, with tokenizer_config.json's special tokens)."""
+    if not (directory / TOKENIZER_FILE).is_file():
+        raise BackboneError(f"{directory}: no {TOKENIZER_FILE} (the backbone's own tokenizer is needed)")
+    try:
+        return PreTrainedTokenizerFast.from_pretrained(directory, local_files_only=True)
+    except (OSError, ValueError, TypeError) as error:
+        raise BackboneError(f"{directory}: cannot load the tokenizer ({error})") from error
+
+
+def check_vocabulary(tokenizer: PreTrainedTokenizerFast, config) -> None:
+    """Every id the tokenizer can produce must have a row in the embedding table."""
+    rows = config.text_config.vocab_size
+    if len(tokenizer) > rows:
+        raise BackboneError(f"the tokenizer has {len(tokenizer)} tokens but the embedding table only {rows} rows: "
+                            "tokenizer and weights do not belong together")
+
+
+def read_config(directory: Path):
+    """The transformers config of a model directory (model_type checked first)."""
+    read_model_type(directory)
+    try:
+        return AutoConfig.from_pretrained(directory, local_files_only=True)
+    except (OSError, ValueError, TypeError, KeyError) as error:
+        raise BackboneError(f"{directory}: cannot read config.json ({error})") from error
 
 
 @contextlib.contextmanager
@@ -84,14 +206,17 @@ class VLMBackbone(nn.Module):
     """Camera images + instruction tokens -> condition tokens (B, N, hidden) and mask (B, N)."""
 
     def __init__(self, vlm: nn.Module, family: str, tokenizer: PreTrainedTokenizerFast,
-                 image_mean, image_std, max_text_tokens: int = 32):
+                 image_mean, image_std, max_text_tokens: int = 32, image_fit: ImageFit = ImageFit()):
         super().__init__()
         if max_text_tokens < 1:
             raise BackboneError(f"max_text_tokens must be >= 1, got {max_text_tokens}")
-        self.vlm = vlm  # the VLM without its LM head: PaliGemmaModel / Idefics3Model
+        self.vlm = vlm  # the VLM without its LM head: PaliGemmaModel / Idefics3Model / SmolVLMModel
         self.family = family
         self.tokenizer = tokenizer
         self.max_text_tokens = max_text_tokens
+        self.image_fit = image_fit
+        # Provenance of pretrained weights: where from, and the sha256 of the weight files read.
+        self.source, self.weights_sha256 = "", ""
         self.register_buffer("image_mean", torch.tensor(image_mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("image_std", torch.tensor(image_std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self._token_cache: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
@@ -100,44 +225,53 @@ class VLMBackbone(nn.Module):
     @classmethod
     def from_directory(cls, directory: str | os.PathLike, num_lm_layers: int | None = None,
                        load_weights: bool = True, max_text_tokens: int = 32,
-                       dtype: torch.dtype | None = None) -> "VLMBackbone":
+                       dtype: torch.dtype | None = None, image_fit: ImageFit | None = None) -> "VLMBackbone":
         """Load a local VLM directory; keep only the first `num_lm_layers` decoder layers.
 
         load_weights=False builds the architecture with random weights (a checkpoint then
-        supplies the trained weights, or a benchmark wants random ones).
+        supplies the trained weights, or a benchmark wants random ones). Every file is checked
+        before any weight is read: an unsupported model_type, a missing tokenizer.json,
+        preprocessor config or weight shard is one BackboneError.
         """
         directory = Path(directory)
-        if not (directory / "config.json").is_file():
-            raise BackboneError(f"{directory}: not a model directory (no config.json)")
-        config = AutoConfig.from_pretrained(directory, local_files_only=True)
-        try:
-            tokenizer = PreTrainedTokenizerFast.from_pretrained(directory, local_files_only=True)
-        except (OSError, ValueError) as error:
-            raise BackboneError(f"{directory}: cannot load the tokenizer ({error})") from error
+        config = read_config(directory)
+        files = weight_files(directory) if load_weights else []
+        tokenizer = load_tokenizer(directory)
         mean, std = read_image_normalisation(directory)
-        return cls.from_config(config, tokenizer, mean, std, num_lm_layers, max_text_tokens, dtype,
-                               weights_dir=directory if load_weights else None)
+        fit = image_fit or ImageFit.read(directory)
+        backbone = cls.from_config(config, tokenizer, mean, std, num_lm_layers, max_text_tokens, dtype,
+                                   weights_dir=directory if load_weights else None, image_fit=fit)
+        if load_weights:
+            backbone.source, backbone.weights_sha256 = str(directory.resolve()), sha256_of(files)
+        return backbone
 
     @classmethod
     def from_config(cls, config, tokenizer: PreTrainedTokenizerFast, image_mean, image_std,
                     num_lm_layers: int | None = None, max_text_tokens: int = 32,
-                    dtype: torch.dtype | None = None, weights_dir: Path | None = None) -> "VLMBackbone":
+                    dtype: torch.dtype | None = None, weights_dir: Path | None = None,
+                    image_fit: ImageFit = ImageFit()) -> "VLMBackbone":
         """Build from a transformers config: random weights, or pretrained ones from `weights_dir`."""
         family = family_of(config)
         config = copy.deepcopy(config)
         truncate_language_layers(config, num_lm_layers)
-        model_class = _MODEL_CLASSES[family]
+        check_vocabulary(tokenizer, config)
+        model_class = MODEL_CLASSES[family]
         with _quiet_transformers():
             if weights_dir is not None:
                 # Weights of dropped layers are never materialised (transformers lists them as unused).
-                full, info = model_class.from_pretrained(weights_dir, config=config, local_files_only=True,
-                                                         dtype=dtype or torch.float32, output_loading_info=True)
+                try:
+                    full, info = model_class.from_pretrained(weights_dir, config=config, local_files_only=True,
+                                                             dtype=dtype or torch.float32, output_loading_info=True)
+                except (OSError, ValueError, RuntimeError) as error:
+                    raise BackboneError(f"{weights_dir}: cannot load the weights ({error})") from error
                 missing = [key for key in info["missing_keys"] if not key.startswith("lm_head")]
-                if missing:
-                    raise BackboneError(f"{weights_dir}: weights lack {len(missing)} tensors, e.g. {missing[:3]}")
+                wrong = list(info.get("mismatched_keys") or [])
+                if missing or wrong:
+                    raise BackboneError(f"{weights_dir}: {len(missing)} tensors missing and {len(wrong)} of the wrong "
+                                        f"shape for config.json, e.g. {(missing + wrong)[:2]}")
             else:
                 full = model_class._from_config(config, dtype=dtype or torch.float32)
-        return cls(full.model, family, tokenizer, image_mean, image_std, max_text_tokens)
+        return cls(full.model, family, tokenizer, image_mean, image_std, max_text_tokens, image_fit)
 
     def save_assets(self, directory: str | os.PathLike) -> None:
         """Everything but the weights: transformers config, tokenizer, preprocessor (mean/std/size)."""
@@ -149,6 +283,7 @@ class VLMBackbone(nn.Module):
         self.tokenizer.save_pretrained(directory)
         save_preprocessor(directory, self.family, self.image_size, self.image_mean.flatten().tolist(),
                           self.image_std.flatten().tolist())
+        (directory / IMAGE_FIT_FILE).write_text(json.dumps(asdict(self.image_fit)))
 
     def cast(self, dtype: torch.dtype) -> "VLMBackbone":
         """Cast weights to `dtype` but keep rotary frequencies and the image mean/std float32
@@ -181,7 +316,7 @@ class VLMBackbone(nn.Module):
     @property
     def tokens_per_image(self) -> int:
         patches = (self.image_size // self.config.vision_config.patch_size) ** 2
-        return patches // self.config.scale_factor**2 if self.family == "idefics3" else patches
+        return patches if self.family == "paligemma" else patches // self.config.scale_factor**2
 
     def num_tokens(self, num_cameras: int) -> int:
         return num_cameras * self.tokens_per_image + self.max_text_tokens
@@ -211,18 +346,25 @@ class VLMBackbone(nn.Module):
         return cached
 
     def preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 (..., H, W, 3) -> normalised float32 (prod(...), 3, S, S), one batched operation."""
+        """uint8 (..., H, W, 3) -> normalised float32 (prod(...), 3, S, S), one batched operation
+        (a resize, or a resize-with-pad, as `image_fit` says)."""
         if images.dtype != torch.uint8 or images.dim() < 4 or images.shape[-1] != 3:
             raise ValueError(f"images must be uint8 (..., H, W, 3), got {tuple(images.shape)} {images.dtype}")
         pixels = images.reshape(-1, *images.shape[-3:]).permute(0, 3, 1, 2)
-        if pixels.shape[-2:] != (self.image_size, self.image_size):
+        size = self.image_size
+        fitted = self.image_fit.fitted_size(pixels.shape[-2], pixels.shape[-1], size)
+        if tuple(pixels.shape[-2:]) != fitted:
             # On CPU the uint8 kernel is ~10x faster than float32 and differs by < 1 grey level;
             # other devices only resize floats.
             if pixels.device.type != "cpu":
                 pixels = pixels.float()
-            pixels = F.interpolate(pixels, size=(self.image_size, self.image_size), mode="bilinear",
-                                   align_corners=False, antialias=True)
-        return (pixels.float() * (1.0 / 255.0) - self.image_mean) / self.image_std
+            pixels = F.interpolate(pixels, size=fitted, mode="bilinear", align_corners=False, antialias=True)
+        normalised = (pixels.float() * (1.0 / 255.0) - self.image_mean) / self.image_std
+        if fitted == (size, size):
+            return normalised
+        rows, cols = size - fitted[0], size - fitted[1]
+        padding = (cols, 0, rows, 0) if self.image_fit.pad_side == "start" else (0, cols, 0, rows)
+        return F.pad(normalised, padding, value=self.image_fit.pad_value)
 
     # ---- forward -----------------------------------------------------------------------------
     def image_tokens(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -236,6 +378,72 @@ class VLMBackbone(nn.Module):
 
     def language_model(self) -> nn.Module:
         return self.vlm.language_model if self.family == "paligemma" else self.vlm.text_model
+
+    def vision_tower(self) -> nn.Module:
+        return self.vlm.vision_tower if self.family == "paligemma" else self.vlm.vision_model
+
+    # ---- what trains ---------------------------------------------------------------------------
+    def freeze(self, preset: str, train_embeddings: bool = False) -> None:
+        """Which backbone weights train: preset 'none', 'vision' (the vision tower), 'language' (the
+        decoder layers and final norm) or 'both'. The projector/connector always trains; with LoRA
+        (add_lora first) only the adapters train in the language model.
+
+        The token embedding table trains only with train_embeddings: PaliGemma's 257,152 x 2048
+        table is 37% of the 1.4B model, and the few rows instructions reach do not justify
+        optimiser and EMA state for all of them."""
+        if preset not in FREEZE_PRESETS:
+            raise BackboneError(f"freeze must be one of {', '.join(FREEZE_PRESETS)}, got '{preset}'")
+        self.requires_grad_(True)
+        frozen = {"none": [], "vision": [self.vision_tower()], "language": [self.language_model()],
+                  "both": [self.vision_tower(), self.language_model()]}[preset]
+        for module in frozen:
+            module.requires_grad_(False)
+        if self.has_lora:  # with adapters, they alone train in the language model
+            for name, parameter in self.language_model().named_parameters():
+                parameter.requires_grad_("lora_" in name)
+        self.vlm.get_input_embeddings().requires_grad_(train_embeddings)
+
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute the decoder and vision layers' activations in backward instead of keeping them."""
+        self.vlm.activation_checkpointing_enable({"use_reentrant": False})
+
+    def add_lora(self, rank: int, alpha: float, dropout: float = 0.0) -> None:
+        """LoRA adapters (peft) on the language model's projections; their base weights freeze."""
+        from peft import LoraConfig, inject_adapter_in_model
+
+        if rank < 1 or alpha <= 0 or not 0.0 <= dropout < 1.0:
+            raise BackboneError(f"LoRA needs rank >= 1, alpha > 0, 0 <= dropout < 1; got {rank}, {alpha}, {dropout}")
+        config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(LORA_TARGETS))
+        inject_adapter_in_model(config, self.language_model())
+        for name, parameter in self.language_model().named_parameters():
+            parameter.requires_grad_("lora_" in name)
+
+    @property
+    def has_lora(self) -> bool:
+        return any("lora_" in name for name, _ in self.named_parameters())
+
+    def merged_state_dict(self, state: dict[str, torch.Tensor], prefix: str = "") -> dict[str, torch.Tensor]:
+        """`state` (the state dict of a module that holds this backbone under `prefix`) with every
+        LoRA layer folded into its base weight and named as without LoRA: what a checkpoint stores,
+        so that loading it needs neither peft nor the adapter layout. Unchanged without LoRA."""
+        if not self.has_lora:
+            return state
+        from peft.tuners.lora import LoraLayer
+
+        merged = dict(state)
+        for name, module in self.named_modules():
+            if not isinstance(module, LoraLayer):
+                continue
+            base = f"{prefix}{name}."
+            for key in [k for k in merged if k.startswith(base) and "lora_" in k]:
+                del merged[key]
+            weight = merged.pop(f"{base}base_layer.weight")
+            with torch.no_grad():
+                delta = sum(module.get_delta_weight(adapter) for adapter in module.active_adapters)
+            merged[f"{base}weight"] = weight + delta.to(weight.dtype)
+            if f"{base}base_layer.bias" in merged:
+                merged[f"{base}bias"] = merged.pop(f"{base}base_layer.bias")
+        return merged
 
     def forward(self, images: torch.Tensor, text_ids: torch.Tensor,
                 text_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -2,10 +2,14 @@
 
     DIR/config.json          PolicyConfig (architecture, dims, horizon, alpha, recommended steps,
                              camera keys, robot profile name, dim names) + format version
-    DIR/model.safetensors    all weights: backbone (first k LM layers only), head, normaliser
+    DIR/model.safetensors    all weights: backbone (first k LM layers only, LoRA adapters folded
+                             into their base weights), head, normaliser
     DIR/stats.json           the dataset statistics the normaliser was built from
-    DIR/backbone/            the VLM's transformers config, tokenizer and preprocessor config, so
-                             the original backbone directory is not needed to load
+    DIR/backbone/            the VLM's transformers config, tokenizer, preprocessor config and
+                             image fit, so the original backbone directory is not needed to load
+
+A policy fine-tuned from pretrained weights records where they came from: config.backbone_source
+(the directory) and config.extra["backbone"] (source, family and the sha256 of the weight files).
 
 Saving is atomic: everything is written to a temporary sibling directory that is then renamed
 into place, so a crash never leaves a half-written checkpoint under DIR.
@@ -24,10 +28,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_model, save_file, save_model
 from transformers.initialization import no_init_weights
 
 from vla_ros.policy.backbone import BackboneError, VLMBackbone
+from vla_ros.policy.smolvla import backbone_from_smolvla, read_smolvla_config
 from vla_ros.policy.model import ConfigError, PolicyConfig, VLAPolicy, default_config
 from vla_ros.policy.normalize import NormStats, StatsError
 from vla_ros.policy.tiny import build_preset, build_tokenizer
@@ -55,7 +60,12 @@ def write_checkpoint_files(policy: VLAPolicy, directory: str | os.PathLike) -> N
     (directory / CONFIG_FILE).write_text(json.dumps(config, indent=1))
     policy.stats.save(directory / STATS_FILE)
     policy.backbone.save_assets(directory / BACKBONE_DIR)
-    save_model(policy, str(directory / WEIGHTS_FILE), metadata={"format": "pt"})
+    if policy.backbone.has_lora:
+        state = policy.backbone.merged_state_dict(policy.state_dict(), prefix="backbone.")
+        save_file({name: tensor.contiguous() for name, tensor in state.items()}, str(directory / WEIGHTS_FILE),
+                  metadata={"format": "pt"})
+    else:
+        save_model(policy, str(directory / WEIGHTS_FILE), metadata={"format": "pt"})
 
 
 def save_checkpoint(policy: VLAPolicy, directory: str | os.PathLike, overwrite: bool = False) -> Path:
@@ -130,6 +140,8 @@ def load_checkpoint(directory: str | os.PathLike, device: str | torch.device = "
         load_model(policy, str(weights), strict=True)
     except (SafetensorError, RuntimeError, OSError) as error:
         raise CheckpointError(f"{weights}: cannot load the weights ({error})") from error
+    origin = config.extra.get("backbone", {})
+    policy.backbone.source, policy.backbone.weights_sha256 = origin.get("source", ""), origin.get("sha256", "")
     return policy.to(device).eval()
 
 
@@ -177,17 +189,23 @@ def profile_stats(profile: RobotProfile) -> NormStats:
                      extra={"source": f"limits of robot profile '{profile.name}'"})
 
 
+def _profile_cameras(profile: RobotProfile, cameras) -> tuple[str, ...]:
+    """The requested cameras (default: all of the profile's), each checked to be the profile's."""
+    cameras = tuple(cameras) if cameras else profile.camera_names
+    unknown = [c for c in cameras if c not in profile.camera_names]
+    if unknown:
+        raise ValueError(f"cameras {unknown} are not in robot profile '{profile.name}' "
+                         f"(it has {list(profile.camera_names)})")
+    return cameras
+
+
 def build_random_policy(config_name: str, profile: RobotProfile, cameras=None, seed: int = 0,
                         dtype: torch.dtype | None = None) -> VLAPolicy:
     """A policy with random weights (seeded) for a named configuration and a robot profile."""
     if config_name not in NAMED_CONFIGS:
         raise ValueError(f"unknown config '{config_name}' (one of: {', '.join(NAMED_CONFIGS)})")
     named = NAMED_CONFIGS[config_name]
-    cameras = tuple(cameras) if cameras else profile.camera_names
-    unknown = [c for c in cameras if c not in profile.camera_names]
-    if unknown:
-        raise ValueError(f"cameras {unknown} are not in robot profile '{profile.name}' "
-                         f"(it has {list(profile.camera_names)})")
+    cameras = _profile_cameras(profile, cameras)
     tokenizer = build_tokenizer()
     preset = build_preset(named["preset"], tokenizer)
     torch.manual_seed(seed)
@@ -196,6 +214,32 @@ def build_random_policy(config_name: str, profile: RobotProfile, cameras=None, s
     config = default_config(backbone, cameras, profile.vector_names, profile.vector_names,
                             head=named["head"], alpha=named["alpha"], robot_profile=profile.name,
                             normalization="min_max", backbone_source=f"random:{config_name}")
+    return VLAPolicy(config, backbone, profile_stats(profile))
+
+
+def load_backbone(source: str | os.PathLike, num_lm_layers: int | None = None, assets: str | None = None,
+                  max_text_tokens: int | None = None) -> VLMBackbone:
+    """Pretrained weights from a Hugging Face model directory (PaliGemma, SmolVLM, SmolVLM2) or
+    from the VLM part of a LeRobot SmolVLA checkpoint (`assets`: its VLM's config and tokenizer)."""
+    source = Path(source)
+    if not source.is_dir():
+        raise BackboneError(f"{source}: backbone directory does not exist")
+    if read_smolvla_config(source) is not None:
+        return backbone_from_smolvla(source, assets, num_lm_layers, max_text_tokens)
+    return VLMBackbone.from_directory(source, num_lm_layers=num_lm_layers, max_text_tokens=max_text_tokens or 32)
+
+
+def build_pretrained_policy(backbone: VLMBackbone, profile: RobotProfile, cameras=None, seed: int = 0,
+                            head: dict | None = None, alpha: float = 4.0) -> VLAPolicy:
+    """A policy around a pretrained backbone (load_backbone) with a new head (seeded), recording
+    where the backbone's weights came from."""
+    cameras = _profile_cameras(profile, cameras)
+    torch.manual_seed(seed)
+    config = default_config(backbone, cameras, profile.vector_names, profile.vector_names, head=dict(head or {}),
+                            alpha=alpha, robot_profile=profile.name, normalization="min_max",
+                            backbone_source=backbone.source)
+    config.extra["backbone"] = {"source": backbone.source, "family": backbone.family,
+                                "sha256": backbone.weights_sha256}
     return VLAPolicy(config, backbone, profile_stats(profile))
 
 

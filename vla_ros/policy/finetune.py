@@ -1,8 +1,14 @@
 """`vla-ros train`: fine-tune (or train from scratch) the one-step policy on a LeRobot v3 dataset.
 
     vla-ros train --dataset DIR --output OUT [--config YAML | tiny] [--init CHECKPOINT]
-                  [--steps N] [--alpha A] [--resume]
-    torchrun --nproc-per-node K -m vla_ros.policy.finetune ...   (DDP: nccl on CUDA, gloo on CPU)
+                  [--backbone VLM_DIR [--backbone-assets DIR]] [--steps N] [--alpha A] [--resume]
+    torchrun --nproc-per-node K -m vla_ros.policy.finetune ...   (DDP or FSDP: nccl on CUDA, gloo on CPU)
+
+--backbone (model.backbone) starts from pretrained vision-language weights: a Hugging Face
+PaliGemma / SmolVLM / SmolVLM2 directory as downloaded, or a LeRobot SmolVLA checkpoint (then
+--backbone-assets names its VLM's directory for the config and tokenizer). The backbone's own
+tokenizer and image preprocessing are used; model.num_lm_layers, model.freeze, model.lora,
+model.gradient_checkpointing and train.distributed say how it trains (docs/finetune.md).
 
 Everything that can be wrong with the inputs is checked before OUT is touched: the dataset
 against the robot profile (dims, joint names, cameras), the checkpoint against the profile, and
@@ -46,9 +52,11 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from vla_ros.data.lerobot import DatasetError, LeRobotDataset, camera_key
+from vla_ros.policy.backbone import FREEZE_PRESETS
 from vla_ros.policy.batches import DatasetSamples, split_episodes
-from vla_ros.policy.checkpoint import (NAMED_CONFIGS, build_random_policy, check_compatible, load_checkpoint,
-                                       save_checkpoint)
+from vla_ros.policy.checkpoint import (NAMED_CONFIGS, build_pretrained_policy, build_random_policy, check_compatible,
+                                       load_backbone, load_checkpoint, save_checkpoint)
+from vla_ros.policy.crop import region_pixels
 from vla_ros.policy.model import ConfigError, PolicyConfig, VLAPolicy
 from vla_ros.policy.normalize import NormStats
 from vla_ros.policy.train import LOG_FILE, Trainer, TrainConfig, resolve_device
@@ -60,7 +68,10 @@ CONFIG_FILE = "train_config.json"
 # What a named config (`--config tiny`) means; config/train_tiny.yaml documents each knob.
 DEFAULTS: dict = {
     "model": {"config": "tiny", "profile": "aloha_sim", "cameras": None, "alpha": 4.0, "horizon": None,
-              "normalization": "mean_std", "recommended_steps": 1, "seed": 0, "camera_crops": None},
+              "normalization": "mean_std", "recommended_steps": 1, "seed": 0, "camera_crops": None,
+              "backbone": None, "backbone_assets": None, "num_lm_layers": None, "max_text_tokens": None,
+              "head": None, "freeze": "none", "train_embeddings": False, "lora": None,
+              "gradient_checkpointing": False},
     "data": {"held_out_episodes": 0.1, "split_seed": 0, "image_size": None, "max_memory_gb": 4.0,
              "state_noise_std": 0.0},
     "train": {"lr": 3e-4, "warmup_steps": 100, "total_steps": 2000, "batch_size": 32, "ema_decay": 0.99,
@@ -105,6 +116,63 @@ def load_train_config(source: str | None) -> dict:
     if config["model"]["config"] not in NAMED_CONFIGS:
         raise TrainSetupError(f"{path}: model.config must be one of {list(NAMED_CONFIGS)}")
     return config
+
+
+LORA_KEYS = {"rank": 16, "alpha": 32.0, "dropout": 0.0}
+
+
+def check_backbone_options(model: dict) -> None:
+    """The backbone-training keys of the model section, checked before anything is loaded."""
+    if model["freeze"] not in FREEZE_PRESETS:
+        raise TrainSetupError(f"model.freeze must be one of {list(FREEZE_PRESETS)}, got {model['freeze']!r}")
+    lora = model["lora"]
+    if lora is not None:
+        if not isinstance(lora, dict) or set(lora) - set(LORA_KEYS):
+            raise TrainSetupError(f"model.lora must be null or a mapping with keys {sorted(LORA_KEYS)}, got {lora!r}")
+        if model["freeze"] in ("language", "both"):
+            raise TrainSetupError("model.lora adapts the language model, which model.freeze "
+                                  f"'{model['freeze']}' freezes: choose one")
+    for key in ("num_lm_layers", "max_text_tokens"):
+        if model[key] is not None and not (isinstance(model[key], int) and model[key] >= 1):
+            raise TrainSetupError(f"model.{key} must be null or a positive integer, got {model[key]!r}")
+    if model["head"] is not None and not isinstance(model["head"], dict):
+        raise TrainSetupError(f"model.head must be null or a mapping of head settings, got {model['head']!r}")
+
+
+def apply_backbone_options(policy: VLAPolicy, model: dict) -> dict:
+    """LoRA, which weights train and gradient checkpointing, as the model section says; returns
+    them for the checkpoint's training record."""
+    lora = {**LORA_KEYS, **model["lora"]} if model["lora"] is not None else None
+    if lora is not None:
+        policy.backbone.add_lora(int(lora["rank"]), float(lora["alpha"]), float(lora["dropout"]))
+    policy.backbone.freeze(model["freeze"], bool(model["train_embeddings"]))
+    if model["gradient_checkpointing"]:
+        policy.backbone.enable_gradient_checkpointing()
+    trainable = sum(p.numel() for p in policy.backbone.parameters() if p.requires_grad)
+    return {"freeze": model["freeze"], "train_embeddings": bool(model["train_embeddings"]), "lora": lora,
+            "gradient_checkpointing": bool(model["gradient_checkpointing"]),
+            "trainable_backbone_parameters": trainable}
+
+
+def working_image_size(dataset: LeRobotDataset, policy: VLAPolicy, crops: dict, requested) -> tuple[int, int]:
+    """The size frames are stored at for training: data.image_size, else what the backbone makes of
+    each camera's (cropped) frames before any padding, so that training sees exactly what the
+    runtime's preprocessing of whole frames gives."""
+    if requested:
+        return (requested, requested) if isinstance(requested, int) else tuple(requested)
+    backbone = policy.backbone
+    sizes = set()
+    for camera in policy.config.camera_keys:
+        height, width = dataset.features[camera_key(camera)]["shape"][:2]
+        if camera in crops:
+            rows, cols = region_pixels(height, width, crops[camera])
+            height, width = rows.stop - rows.start, cols.stop - cols.start
+        sizes.add(backbone.image_fit.fitted_size(height, width, backbone.image_size))
+    if len(sizes) > 1:
+        raise TrainSetupError(f"the cameras' frames fit the backbone's padded input at different sizes "
+                              f"{sorted(sizes)}; "
+                              "crop them to one aspect ratio (model.camera_crops) or set data.image_size")
+    return sizes.pop()
 
 
 def _with_training_settings(policy: VLAPolicy, stats: NormStats, model: dict, init: bool,
@@ -166,12 +234,22 @@ class Prepared:
         model, data = config["model"], config["data"]
         self.config = config
         self.train_config = TrainConfig.from_dict(config["train"])
+        check_backbone_options(model)
         self.dataset = LeRobotDataset(args.dataset)
+        if args.init and model["backbone"]:
+            raise TrainSetupError("--init and --backbone (model.backbone) both choose the starting weights: "
+                                  "give one")
         if args.init:
             base = load_checkpoint(args.init)
             profile = load_profile(model["profile"] if args.profile_given else
                                    (base.config.robot_profile or model["profile"]))
             check_compatible(base.config, profile)
+        elif model["backbone"]:
+            profile = load_profile(model["profile"])
+            backbone = load_backbone(model["backbone"], model["num_lm_layers"], model["backbone_assets"],
+                                     model["max_text_tokens"])
+            base = build_pretrained_policy(backbone, profile, model["cameras"], int(model["seed"]),
+                                           model["head"], float(model["alpha"]))
         else:
             profile = load_profile(model["profile"])
             base = build_random_policy(model["config"], profile, model["cameras"], int(model["seed"]))
@@ -180,8 +258,7 @@ class Prepared:
         self.train_episodes, self.held_out = split_episodes(
             self.dataset.num_episodes, data["held_out_episodes"], int(data["split_seed"]))
         crops = _camera_crops(model, base.config)
-        size = data["image_size"] or base.config.image_size
-        size = (size, size) if isinstance(size, int) else tuple(size)
+        size = working_image_size(self.dataset, base, crops, data["image_size"])
         horizon = int(model["horizon"] or base.config.horizon)
         self.samples = DatasetSamples(self.dataset, self.train_episodes, base.config.camera_keys,
                                       horizon, size, int(float(data["max_memory_gb"]) * 2**30),
@@ -191,6 +268,7 @@ class Prepared:
         stats = NormStats.from_arrays(states, actions)
         stats.extra = {"source": f"dataset {self.dataset.root.resolve()}", "episodes": self.train_episodes}
         self.policy = _with_training_settings(base, stats, model, init=bool(args.init), camera_crops=crops)
+        backbone_options = apply_backbone_options(self.policy, model)
         self.policy.config.extra["training"] = {
             "dataset": str(self.dataset.root.resolve()), "train_episodes": self.train_episodes,
             "held_out_episodes": self.held_out, "instructions": sorted({e.task for e in self.samples.episodes}),
@@ -198,7 +276,8 @@ class Prepared:
             # The frame sizes the policy learned from: a simulator should render at these.
             "camera_image_sizes": {camera: list(self.dataset.features[camera_key(camera)]["shape"][:2])
                                    for camera in base.config.camera_keys},
-            "config": model["config"] if not args.init else None,
+            "config": model["config"] if not (args.init or model["backbone"]) else None,
+            "backbone": model["backbone"], "backbone_options": backbone_options,
         }
 
 
@@ -368,6 +447,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--config", help=f"YAML file (see config/train_tiny.yaml) or a named config "
                                          f"({', '.join(NAMED_CONFIGS)}); default: tiny")
     parser.add_argument("--init", help="start from this policy checkpoint instead of random weights")
+    parser.add_argument("--backbone", help="pretrained VLM directory (PaliGemma, SmolVLM, SmolVLM2) or LeRobot "
+                                           "SmolVLA checkpoint to start from (overrides model.backbone)")
+    parser.add_argument("--backbone-assets", help="for a SmolVLA checkpoint: its VLM's directory (config.json and "
+                                                  "tokenizer; weights are not read)")
     parser.add_argument("--profile", help="robot profile (default: model.profile, or the --init checkpoint's)")
     parser.add_argument("--steps", type=int, help="total optimizer steps (overrides train.total_steps)")
     parser.add_argument("--alpha", type=float, help="time-shift alpha (overrides model.alpha; 1 = uniform)")
@@ -388,6 +471,10 @@ def main(argv: list[str]) -> int:
         args.profile_given = args.profile is not None
         if args.profile:
             config["model"]["profile"] = args.profile
+        if args.backbone is not None:
+            config["model"]["backbone"] = args.backbone
+        if args.backbone_assets is not None:
+            config["model"]["backbone_assets"] = args.backbone_assets
         if args.steps is not None:
             config["train"]["total_steps"] = args.steps
         if args.alpha is not None:
