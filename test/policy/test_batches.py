@@ -1,6 +1,7 @@
 """Training chunks never pair frames across a gap left by dropped frames (issue 19, item 5)."""
 
 import numpy as np
+import torch
 
 from vla_ros.data.lerobot import LeRobotDataset, LeRobotWriter
 from vla_ros.policy.batches import DatasetSamples
@@ -25,3 +26,64 @@ def test_chunks_stop_at_a_timestamp_gap(tmp_path):
     assert is_pad.tolist() == [False] * 4 and actions[:, 0].tolist() == [30, 40, 50, 60]
     actions, is_pad = samples.chunk(0, 5)  # the episode's end pads as before
     assert is_pad.tolist() == [False, False, True, True] and actions[:, 0].tolist() == [50, 60, 60, 60]
+
+
+def write_frames_dataset(root, episodes=(7, 5)):
+    with LeRobotWriter(root, FPS, "test", ["a", "b"], ["a", "b"], {"cam": (24, 32), "wrist": (16, 16)}) as writer:
+        for ep, length in enumerate(episodes):
+            writer.start_episode(f"task {ep}")
+            for i in range(length):
+                rng = np.random.default_rng([ep, i])
+                writer.add_frame([ep, i], [i, ep], {"cam": rng.integers(0, 256, (24, 32, 3), dtype=np.uint8),
+                                                    "wrist": rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)})
+            writer.save_episode(block=True)
+    return LeRobotDataset(root)
+
+
+def test_frames_streamed_from_the_disk_cache_equal_the_in_memory_ones(tmp_path):
+    dataset = write_frames_dataset(tmp_path / "ds")
+    crops = {"cam": (0.1, 0.0, 0.9, 1.0)}
+    in_memory = DatasetSamples(dataset, [1, 0], ["cam", "wrist"], 3, (12, 12), crops=crops)
+    assert in_memory.cache is None and in_memory.memory_bytes == 12 * 2 * 12 * 12 * 3
+    streamed = DatasetSamples(dataset, [1, 0], ["cam", "wrist"], 3, (12, 12), max_memory_bytes=0, crops=crops,
+                              cache_dir=tmp_path / "cache")
+    assert streamed.cache is not None and streamed.cache.built and streamed.memory_bytes == 0
+    for step in range(4):
+        a, b = in_memory.batch_for_step(step, 8, seed=3), streamed.batch_for_step(step, 8, seed=3)
+        for key in ("images", "state", "actions", "action_is_pad"):
+            assert torch.equal(a[key], b[key]), key
+        assert a["instruction"] == b["instruction"]
+    prefetched = streamed.batches(8, seed=3, start_step=2)
+    assert torch.equal(next(prefetched)["images"], in_memory.batch_for_step(2, 8, seed=3)["images"])
+    assert torch.equal(next(prefetched)["images"], in_memory.batch_for_step(3, 8, seed=3)["images"])
+    prefetched.close()
+
+    again = DatasetSamples(dataset, [1, 0], ["cam", "wrist"], 3, (12, 12), max_memory_bytes=0, crops=crops,
+                           cache_dir=tmp_path / "cache")
+    assert not again.cache.built and again.cache.path == streamed.cache.path  # reused, not decoded again
+    other_size = DatasetSamples(dataset, [1, 0], ["cam"], 3, (8, 8), max_memory_bytes=0, cache_dir=tmp_path / "cache")
+    assert other_size.cache.built and other_size.cache.path != streamed.cache.path
+
+    (streamed.cache.path / "cam.u8").write_bytes(b"truncated")  # a damaged cache is rebuilt
+    rebuilt = DatasetSamples(dataset, [1, 0], ["cam", "wrist"], 3, (12, 12), max_memory_bytes=0, crops=crops,
+                             cache_dir=tmp_path / "cache")
+    assert rebuilt.cache.built
+    assert torch.equal(rebuilt.batch_for_step(0, 8, seed=3)["images"], in_memory.batch_for_step(0, 8, seed=3)["images"])
+    assert not list((tmp_path / "cache").glob("*.tmp-*"))
+
+
+def test_training_benchmark_reports_streaming_throughput_and_peak_memory(tmp_path, capsys):
+    import json
+
+    from vla_ros.policy import bench_train
+
+    argv = ["--no-gpu", "--steps", "2", "--warmup", "1", "--batch-size", "4", "--data", "--data-dir", str(tmp_path),
+            "--large-frames", "120", "--large-image-size", "32", "--large-batches", "5", "--large-max-memory-gb", "0"]
+    assert bench_train.main(argv) == 0
+    data = json.loads(capsys.readouterr().out)["data"]
+    assert data["small"]["in_memory_samples_per_s"] > 0 and data["small"]["streamed_samples_per_s"] > 0
+    large = data["large"]
+    assert large["frames"] == 120 and large["streamed"] and large["cache_built_now"]
+    assert large["data_samples_per_s"] > 0 and 0 < large["peak_rss_gb"] < 4
+    assert bench_train.main(argv) == 0  # a second run reuses the datasets and the caches
+    assert not json.loads(capsys.readouterr().out)["data"]["large"]["cache_built_now"]

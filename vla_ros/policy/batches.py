@@ -8,11 +8,13 @@ the camera images at t for the policy's camera keys and the episode's task text.
 
 Why everything is decoded up front: seeking into mp4s for every random sample costs
 milliseconds per frame, far more than a tiny model's training step. Each episode's videos are
-decoded ONCE, resized to the working size and kept as uint8 arrays. Memory cost:
-frames x cameras x height x width x 3 bytes, e.g. 50 episodes x 400 frames x 1 camera at 32x32
-is 61 MB, at 224x224 it is 3 GB; `max_memory_bytes` refuses datasets beyond that budget (there
-is no streaming mode yet). Decoding up front also means a corrupt video fails before training
-starts, not halfway through.
+decoded ONCE and resized to the working size as uint8 frames: frames x cameras x height x width
+x 3 bytes, e.g. 50 episodes x 400 frames x 1 camera at 32x32 is 61 MB, at 224x224 it is 3 GB.
+Within `max_memory_bytes` they are held in memory; beyond it they go to a frame cache on disk
+(vla_ros.policy.frame_cache: built once, reused by later runs on the same data) and every batch
+reads its frames from there, so memory stays flat whatever the dataset size. Decoding up front
+also means a corrupt video fails before training starts, not halfway through. `batches()`
+collates the next batch on a background thread while the caller trains on the current one.
 
 The resize uses the backbone's own kernel (bilinear, antialiased, on uint8), so frames stored
 at the model's image size are exactly what the backbone would have made of the full frames.
@@ -21,6 +23,7 @@ at the model's image size are exactly what the backbone would have made of the f
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,6 +32,7 @@ import torch.nn.functional as F
 
 from vla_ros.data.lerobot import DatasetError, LeRobotDataset
 from vla_ros.policy.crop import check_region, crop_frames
+from vla_ros.policy.frame_cache import FrameCache
 
 DEFAULT_MAX_MEMORY_BYTES = 4 << 30
 RESIZE_CHUNK = 256  # frames resized per call: bounds the float/int intermediate memory
@@ -65,18 +69,22 @@ class EpisodeArrays:
     task: str
     state: np.ndarray                # (T, state_dim) float32
     action: np.ndarray               # (T, action_dim) float32
-    images: dict[str, np.ndarray]    # camera -> (T, h, w, 3) uint8 at the working size
+    images: dict[str, np.ndarray]    # camera -> (T, h, w, 3) uint8 at the working size (empty: cached on disk)
     slots: np.ndarray | None = None  # (T,) frame periods since the first frame; None = consecutive
 
 
 class DatasetSamples:
-    """Episodes of a LeRobotDataset held in memory, sampled into training batches."""
+    """Episodes of a LeRobotDataset (frames in memory, or in a frame cache on disk), sampled into
+    training batches."""
 
     def __init__(self, dataset: LeRobotDataset, episodes: Sequence[int], cameras: Sequence[str],
                  horizon: int, image_size: tuple[int, int],
                  max_memory_bytes: int = DEFAULT_MAX_MEMORY_BYTES, state_noise_std: float = 0.0,
-                 crops: Mapping[str, Sequence[float]] | None = None):
+                 crops: Mapping[str, Sequence[float]] | None = None, cache_dir=None):
         """crops: camera -> region of interest (vla_ros.policy.crop), cut before the resize.
+
+        max_memory_bytes: frames beyond this budget are streamed from a frame cache on disk
+        (in ``cache_dir``, default vla_ros.policy.frame_cache.default_cache_root()).
 
         state_noise_std: Gaussian noise (raw state units) added to the state of every training
         sample. Demonstrations let a policy read where the arm is heading from tiny offsets of the
@@ -96,10 +104,11 @@ class DatasetSamples:
         self.image_size = (int(image_size[0]), int(image_size[1]))
         frames = sum(dataset.episode_meta(i)["length"] for i in episodes)
         self.memory_bytes = frames * len(self.cameras) * self.image_size[0] * self.image_size[1] * 3
+        self.cache: FrameCache | None = None
         if self.memory_bytes > max_memory_bytes:
-            raise ValueError(f"{dataset.root}: {frames} frames x {len(self.cameras)} cameras at "
-                             f"{self.image_size[0]}x{self.image_size[1]} need {self.memory_bytes / 2**30:.1f} GiB in "
-                             f"memory, over the {max_memory_bytes / 2**30:.1f} GiB budget")
+            self.cache = FrameCache(dataset, episodes, self.cameras, self.image_size, self._prepare,
+                                    self.crops, cache_dir)
+            self.memory_bytes = 0
         self.episodes = [self._load(dataset, i) for i in episodes]
         lengths = np.array([len(e.state) for e in self.episodes])
         self._starts = np.concatenate([[0], np.cumsum(lengths)])
@@ -109,11 +118,14 @@ class DatasetSamples:
         episode = dataset.episode(index)
         if len(episode) == 0:
             raise DatasetError(f"{dataset.root}: episode {index} is empty")
-        images = {cam: resize_frames(crop_frames(dataset.video_frames(index, cam), self.crops.get(cam)),
-                                     self.image_size)
-                  for cam in self.cameras}
+        images = {} if self.cache else {cam: self._prepare(dataset.video_frames(index, cam), cam)
+                                        for cam in self.cameras}
         slots = np.round(episode.timestamps.astype(np.float64) * dataset.fps).astype(np.int64)
         return EpisodeArrays(index, episode.task, episode.state, episode.action, images, slots)
+
+    def _prepare(self, frames: np.ndarray, camera: str) -> np.ndarray:
+        """Decoded frames -> the working size (crop, then the backbone's resize)."""
+        return resize_frames(crop_frames(frames, self.crops.get(camera)), self.image_size)
 
     def locate(self, sample: int) -> tuple[int, int]:
         """Position in self.episodes and frame within it of the sample-th frame overall."""
@@ -147,7 +159,10 @@ class DatasetSamples:
             pads.append(is_pad)
             tasks.append(episode.task)
             for column, cam in enumerate(self.cameras):
-                images[row, column] = episode.images[cam][frame]
+                if self.cache is not None:
+                    self.cache.read_into(cam, int(sample), images[row, column])
+                else:
+                    images[row, column] = episode.images[cam][frame]
         return {
             "images": torch.from_numpy(images),
             "state": torch.from_numpy(np.stack(states)),
@@ -167,7 +182,13 @@ class DatasetSamples:
         return batch
 
     def batches(self, batch_size: int, seed: int, rank: int = 0, start_step: int = 0) -> Iterator[dict]:
-        step = start_step
-        while True:
-            yield self.batch_for_step(step, batch_size, seed, rank)
-            step += 1
+        """batch_for_step(start_step), (start_step + 1), ...; each next batch is collated on a
+        background thread while the caller uses the current one (reads and copies release the GIL)."""
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="collate") as pool:
+            pending = pool.submit(self.batch_for_step, start_step, batch_size, seed, rank)
+            step = start_step
+            while True:
+                batch = pending.result()
+                step += 1
+                pending = pool.submit(self.batch_for_step, step, batch_size, seed, rank)
+                yield batch
