@@ -16,7 +16,7 @@ export AMENT_PREFIX_PATH := $(abspath $(VENV))
 PACKAGE_FILES := setup.py setup.cfg package.xml resource/vla_ros \
 	$(shell find vla_ros config launch checkpoints -type f \( -name '*.py' -o -name '*.yaml' -o -name '*.json' -o -name '*.safetensors' \) 2>/dev/null)
 
-.PHONY: venv test test-fast demo bench freeze clean
+.PHONY: venv test test-fast demo bench freeze clean check-robot-requirements
 
 venv: $(VENV)/.installed
 
@@ -52,6 +52,10 @@ demo: venv
 
 bench: venv
 	$(BIN)/vla-ros bench all
+
+# requirements-robot.txt resolves on PyPI (wheels only) for Humble's 3.10, 3.11 and Jazzy/Kilted's 3.12.
+check-robot-requirements: venv
+	$(PY) tools/check_robot_requirements.py requirements-robot.txt
 
 freeze: venv
 	$(PY) -m pip freeze --exclude vla_ros
