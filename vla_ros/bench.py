@@ -20,6 +20,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "record": ("vla_ros.data.bench_record:main", "recording throughput: dropped frames, save time"),
     "replay": ("vla_ros.bench_replay:main", "bag replay throughput relative to real time"),
     "train": ("vla_ros.policy.bench_train:main", "training samples per second"),
+    "memory": ("vla_ros.policy.bench_memory:main", "parameters and optimiser/EMA bytes per way of training (meta)"),
 }
 
 

@@ -21,7 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "replay": ("vla_ros.replay:main", "evaluate a checkpoint offline on a ROS 2 bag"),
     "collect-sim": ("vla_ros.sim.collect:main", "record scripted simulated demonstrations"),
     "sim-eval": ("vla_ros.ros.sim_eval:main", "closed-loop success rate in simulation, through ROS"),
-    "bench": ("vla_ros.bench:main", "benchmarks that print JSON (policy, control, sim, node, record, replay, train)"),
+    "bench": ("vla_ros.bench:main", "benchmarks that print JSON (policy, control, sim, node, ..., train, memory)"),
 }
 
 

@@ -384,3 +384,27 @@ def test_new_configurations_tokenize_every_instruction_without_collapsing_unknow
     # two different unknown words stay different (a word-level vocabulary maps both to <unk>)
     assert tokenizer("grab the flask")["input_ids"] != tokenizer("grab the vial")["input_ids"]
     assert build_tokenizer().get_vocab() == tokenizer.get_vocab(), "the in-code tokenizer is deterministic"
+
+
+# ---- memory of the ways of training (vla-ros bench memory) ---------------------------------------
+
+def test_memory_bench_counts_a_frozen_embedding_table_out_of_optimiser_and_ema_state():
+    from vla_ros.policy.bench_memory import measure
+
+    trained = measure("tiny", "aloha_sim", "none", True, None)
+    frozen = measure("tiny", "aloha_sim", "none", False, None)
+    policy = build_random_policy("tiny", PROFILE)
+    embedding = policy.backbone.vlm.get_input_embeddings().weight.numel()
+    assert trained["parameters"] == frozen["parameters"] == sum(p.numel() for p in policy.parameters())
+    assert trained["trainable_parameters"] - frozen["trainable_parameters"] == embedding
+    # AdamW: two float32 moments per trainable value (plus a 4-byte step per tensor); EMA: one copy
+    assert trained["optimizer_state_bytes"] - frozen["optimizer_state_bytes"] == 8 * embedding + 4
+    assert trained["ema_bytes"] - frozen["ema_bytes"] == 4 * embedding
+
+
+def test_the_committed_1p4b_measurement_leaves_out_exactly_the_embedding_table():
+    report = json.loads((Path(__file__).resolve().parents[2] / "benchmarks" / "memory_1p4b_meta.json").read_text())
+    frozen = report["settings"]["full, embeddings frozen (default)"]
+    assert report["command"] == "vla-ros bench memory --config 1.4b --profile aloha_sim"
+    assert frozen["embedding_parameters"] == 257152 * 2048 and not frozen["embedding_trainable"]
+    assert frozen["trainable_parameters"] == frozen["parameters"] - frozen["embedding_parameters"]
