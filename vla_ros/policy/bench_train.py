@@ -182,6 +182,7 @@ def measure_data(data_dir: Path, batch_size: int, steps: int, large_frames: int,
                              large_budget, cache_dir=cache)
     setup_s = time.perf_counter() - started
     frame_gib = large.num_frames * len(large_cameras) * large_size * large_size * 3 / 2**30
+    setup_peak = peak_rss_gb()  # everything so far: the model runs above, building the datasets and caches
     reset = reset_peak_rss()
     rate = timed_batches(samples, batch_size, large_batches)
     result["large"] = {
@@ -191,6 +192,7 @@ def measure_data(data_dir: Path, batch_size: int, steps: int, large_frames: int,
         "dataset_s": round(dataset_s, 1), "setup_s": round(setup_s, 1), "batch_size": batch_size,
         "batches": large_batches, "data_samples_per_s": rate,
         "peak_rss_gb": peak_rss_gb(), "peak_rss_measured": "while streaming" if reset else "whole process",
+        "process_peak_rss_gb_before": setup_peak,
     }
     return result
 

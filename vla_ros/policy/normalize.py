@@ -1,14 +1,18 @@
 """Normalisation of robot state and actions from dataset statistics.
 
-The flow head works in normalised units (noise is N(0, I), so actions must be of order one). Two
-modes, chosen per checkpoint:
+The flow head works in normalised units (noise is N(0, I), so actions must be of order one).
+Three modes, chosen per checkpoint:
 - "mean_std": x_n = (x - mean) / max(std, eps)
 - "min_max":  x_n = (x - (max + min) / 2) / max((max - min) / 2, eps), i.e. [min, max] -> [-1, 1]
+- "quantile": the same with the 1st and 99th percentiles, [q01, q99] -> [-1, 1], as openpi's
+  quantile normalisation (pi0-FAST, pi0.5): a few outliers do not squash everything else.
 eps is a floor on the spread: a dim that never moved in the data (std 0) would otherwise turn
 tiny run-time deviations into huge inputs.
 
-The raw statistics (mean, std, min, max of state and action) are what is stored (stats.json,
-float64 as JSON numbers, which round-trip exactly); the normaliser derives centre and scale.
+The raw statistics (mean, std, min, max, and q01/q99 of state and action, exact) are what is
+stored (stats.json, float64 as JSON numbers, which round-trip exactly); the normaliser derives
+centre and scale. Statistics saved before the quantiles existed load without them and serve
+every mode but "quantile".
 """
 
 from __future__ import annotations
@@ -23,8 +27,9 @@ import numpy as np
 import torch
 from torch import nn
 
-MODES = ("mean_std", "min_max")
+MODES = ("mean_std", "min_max", "quantile")
 STAT_KEYS = ("mean", "std", "min", "max")
+QUANTILE_KEYS = ("q01", "q99")  # LeRobot's names for the 1st and 99th percentiles
 
 
 class StatsError(ValueError):
@@ -38,7 +43,8 @@ def _vector_stats(values: np.ndarray, what: str) -> dict[str, np.ndarray]:
     flat = values.reshape(-1, values.shape[-1])
     if not np.isfinite(flat).all():
         raise StatsError(f"{what}: contains non-finite values")
-    return {"mean": flat.mean(0), "std": flat.std(0), "min": flat.min(0), "max": flat.max(0)}
+    return {"mean": flat.mean(0), "std": flat.std(0), "min": flat.min(0), "max": flat.max(0),
+            "q01": np.quantile(flat, 0.01, axis=0), "q99": np.quantile(flat, 0.99, axis=0)}
 
 
 @dataclass
@@ -56,11 +62,13 @@ class NormStats:
             raise StatsError(f"normalisation mode must be one of {MODES}, got '{self.mode}'")
         if not (isinstance(self.eps, (int, float)) and math.isfinite(self.eps) and self.eps > 0):
             raise StatsError(f"eps must be a positive number, got {self.eps!r}")
+        needed = STAT_KEYS + (QUANTILE_KEYS if self.mode == "quantile" else ())
         for name, stats in (("state", self.state), ("action", self.action)):
-            missing = [k for k in STAT_KEYS if k not in stats]
+            missing = [k for k in needed if k not in stats]
             if missing:
-                raise StatsError(f"{name} statistics lack {missing}")
-            arrays = {k: np.asarray(stats[k], dtype=np.float64) for k in STAT_KEYS}
+                raise StatsError(f"{name} statistics lack {missing}" + (
+                    " (quantile normalisation needs q01 and q99)" if set(missing) <= set(QUANTILE_KEYS) else ""))
+            arrays = {k: np.asarray(stats[k], dtype=np.float64) for k in STAT_KEYS + QUANTILE_KEYS if k in stats}
             dims = {a.shape for a in arrays.values()}
             if len(dims) != 1 or len(next(iter(dims))) != 1:
                 raise StatsError(f"{name} statistics must be 1-D vectors of one length, got shapes {dims}")
@@ -87,15 +95,16 @@ class NormStats:
         if self.mode == "mean_std":
             center, spread = stats["mean"], stats["std"]
         else:
-            center, spread = (stats["max"] + stats["min"]) / 2.0, (stats["max"] - stats["min"]) / 2.0
+            low, high = ("min", "max") if self.mode == "min_max" else QUANTILE_KEYS
+            center, spread = (stats[high] + stats[low]) / 2.0, (stats[high] - stats[low]) / 2.0
         return center, np.maximum(spread, self.eps)
 
     def to_json(self) -> dict:
         return {
             "mode": self.mode,
             "eps": self.eps,
-            "state": {k: self.state[k].tolist() for k in STAT_KEYS},
-            "action": {k: self.action[k].tolist() for k in STAT_KEYS},
+            "state": {k: v.tolist() for k, v in self.state.items() if k in STAT_KEYS + QUANTILE_KEYS},
+            "action": {k: v.tolist() for k, v in self.action.items() if k in STAT_KEYS + QUANTILE_KEYS},
             "extra": self.extra,
         }
 
@@ -103,11 +112,13 @@ class NormStats:
     def from_json(cls, data: dict) -> "NormStats":
         try:
             return cls(
-                state={k: np.asarray(data["state"][k], dtype=np.float64) for k in STAT_KEYS},
-                action={k: np.asarray(data["action"][k], dtype=np.float64) for k in STAT_KEYS},
+                state={k: np.asarray(v, dtype=np.float64) for k, v in data["state"].items()
+                       if k in STAT_KEYS + QUANTILE_KEYS},
+                action={k: np.asarray(v, dtype=np.float64) for k, v in data["action"].items()
+                        if k in STAT_KEYS + QUANTILE_KEYS},
                 mode=data["mode"], eps=data["eps"], extra=dict(data.get("extra", {})),
             )
-        except (KeyError, TypeError) as error:
+        except (KeyError, TypeError, AttributeError) as error:
             raise StatsError(f"malformed statistics: missing or invalid {error}") from error
         except ValueError as error:
             raise StatsError(f"malformed statistics: {error}") from error
