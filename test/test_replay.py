@@ -54,7 +54,7 @@ def read_commands(profile, out_bag):
     """Per tick (ns): the 14-vector commanded across both arms; plus hold/event records."""
     from vla_ros.ros.convert import trajectory_to_arm_targets
 
-    topics = {arm.command_topic: (i, arm) for i, arm in enumerate(profile.arms)}
+    topics = {replay.commands_topic(arm): (i, arm) for i, arm in enumerate(profile.arms)}
     per_tick: dict[int, dict[int, np.ndarray]] = {}
     events, diagnostics = [], 0
     with BagReader(out_bag) as bag:

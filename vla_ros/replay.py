@@ -9,8 +9,9 @@ the inference latency (the measured predict time, or --latency) has elapsed in b
 chunks are handled as on the robot. Replanning follows the node: every --replan-period seconds,
 or as soon as the previous prediction is done when it takes longer.
 
-Output: a bag with the commanded JointTrajectory per arm (profile command topics, one point one
-tick ahead, gripper as the follower joint angle), /diagnostics (DiagnosticArray, once a second) and
+Output: a bag with the commanded JointTrajectory per arm on /replay/<arm>/joint_trajectory (the arm
+joints and the gripper joint angle, one point one tick ahead; never the driver's own topics, so
+that playing the output bag next to a robot cannot move it), /diagnostics (DiagnosticArray, once a second) and
 /replay/events (std_msgs/String JSON, one per tick with a hold or a safety intervention); a JSON
 report; and a plot of commanded vs recorded joint positions beside the report.
 """
@@ -40,6 +41,11 @@ HOLD_PREFIX = "hold_"
 DEFAULT_REPLAN_PERIOD = 0.1  # policy_node's default
 MIN_REPLAN_GAP = 0.002  # policy_node waits at least this long between predictions
 DIAGNOSTICS_PERIOD = 1.0
+
+
+def commands_topic(arm) -> str:
+    """Where the output bag records an arm's commands."""
+    return f"/replay/{arm.name}/joint_trajectory"
 
 
 class ReplayError(ValueError):
@@ -98,7 +104,7 @@ class _Recorder:
             positions = result.command[self.profile.arm_slice(arm_index)].copy()
             positions[-1] = self.profile.follower_joint.denormalize(positions[-1])
             msg = self.writer.joint_trajectory(self.profile.command_joint_names(arm), [positions], [self.dt], now_ns)
-            self.writer.write(arm.command_topic, now_ns, msg)
+            self.writer.write(commands_topic(arm), now_ns, msg)
             self.trajectories += 1
         self.times.append(now_ns * 1e-9)
         self.commands.append(result.command)
@@ -214,7 +220,7 @@ def replay_bag(bag_path: str | Path, runtime, profile: RobotProfile, out_bag: st
         "ticks_before_arming": sim.ticks_before_arming,
         "commands": len(recorder.commands),
         "trajectory_messages": recorder.trajectories,
-        "trajectory_topics": [arm.command_topic for arm in profile.arms],
+        "trajectory_topics": [commands_topic(arm) for arm in profile.arms],
         "holds": recorder.hold_ticks,
         "holds_by_reason": {k: v for k, v in sorted(recorder.reasons.items()) if k.startswith(HOLD_PREFIX)},
         "safety_interventions": dict(sorted(interventions.items())),

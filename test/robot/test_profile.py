@@ -12,7 +12,7 @@ import yaml
 
 from vla_ros.robot.profile import ProfileError, config_dir, load_profile
 
-BUNDLED = ["aloha_stationary", "aloha_ros1_act", "aloha_sim"]
+BUNDLED = ["aloha_stationary", "aloha_ros1_act", "aloha_sim", "aloha_stationary_ros2_control", "aloha_sim_ros2_control"]
 
 
 @pytest.mark.parametrize("name", BUNDLED)
@@ -41,6 +41,27 @@ def test_variants_share_the_arm_and_differ_in_data():
     assert load_profile("aloha_sim").camera_names == ("cam_high",)
 
 
+def test_each_profile_names_the_stack_it_describes():
+    """The stock ALOHA stack runs xs_sdk (no ros2_control): commands go to its joint_group and
+    joint_single topics; the ros2_control variant names the Interbotix controllers' topics."""
+    stock = load_profile("aloha_stationary")
+    assert stock.command_interface == "interbotix" and stock.interbotix_arm_group == "arm"
+    assert [(a.arm_command_topic, a.gripper_command_topic, a.driver_namespace) for a in stock.arms] == [
+        ("/follower_left/commands/joint_group", "/follower_left/commands/joint_single", "/follower_left"),
+        ("/follower_right/commands/joint_group", "/follower_right/commands/joint_single", "/follower_right")]
+    assert load_profile("aloha_sim").command_interface == "interbotix"
+    control = load_profile("aloha_stationary_ros2_control")
+    assert control.command_interface == "ros2_control"
+    assert [(a.arm_command_topic, a.gripper_command_topic, a.finger_joint) for a in control.arms] == [
+        ("/follower_left/arm_controller/joint_trajectory", "/follower_left/gripper_controller/joint_trajectory",
+         "left_finger"),
+        ("/follower_right/arm_controller/joint_trajectory", "/follower_right/gripper_controller/joint_trajectory",
+         "left_finger")]
+    for path in config_dir().glob("aloha*.yaml"):
+        header = path.read_text().split("\n\n")[0]
+        assert "joint_trajectory_controller per arm" not in header or "ros2_control" in path.name, path
+
+
 def test_gripper_map_round_trip():
     gmap = load_profile("aloha_stationary").follower_finger
     assert float(gmap.normalize(gmap.open)) == pytest.approx(1.0)
@@ -67,7 +88,10 @@ def _write_variant(tmp_path: Path, edit) -> Path:
         (lambda d: d["limits"]["position_lower"].__setitem__(1, 5.0), "limits.position_lower[1]", "below"),
         (lambda d: d["limits"]["tracking"].__setitem__(0, "fast"), "limits.tracking[0]", "finite number"),
         (lambda d: d["grippers"]["follower_finger"].update(close=0.0579), "grippers.follower_finger", "differ"),
-        (lambda d: d["arms"][1].update(command_topic="relative/topic"), "arms[1].command_topic", "absolute"),
+        (lambda d: d["arms"][1].update(arm_command_topic="relative/topic"), "arms[1].arm_command_topic", "absolute"),
+        (lambda d: d["arms"][0].pop("gripper_command_topic"), "arms[0].gripper_command_topic", "missing"),
+        (lambda d: d.update(command_interface="servo"), "command_interface", "must be one of"),
+        (lambda d: d.pop("interbotix_arm_group"), "interbotix_arm_group", "missing"),
         (lambda d: d["arms"][1].update(name="left"), "arms", "distinct"),
         (lambda d: d["cameras"][0].pop("topic"), "cameras[0].topic", "missing"),
         (lambda d: d.update(start_pose=[0, -3.0, 1.16, 0, -0.3, 0, 0.1]), "start_pose[1]", "outside"),

@@ -1,6 +1,8 @@
 """Closed loop over real DDS: sim_node and policy_node as separate processes (what sim.launch.py
-starts). Before enable nothing reaches the arms; after enable trajectories arrive at the control
-rate and the simulated arm follows them."""
+starts). Before enable nothing reaches the arms; after enable commands arrive on the xs_sdk
+interface at the control rate and the simulated arm follows them."""
+
+import time
 
 import numpy as np
 import pytest
@@ -11,7 +13,6 @@ from vla_ros.policy.model import VLAPolicy
 from vla_ros.policy.normalize import NormStats
 from vla_ros.robot.decode import joint_state_to_arm_vector
 from vla_ros.robot.profile import load_profile
-from vla_ros.ros import convert
 from vla_ros.ros.episodes import SessionConfig, SimSession
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
@@ -33,22 +34,27 @@ def test_policy_drives_the_simulated_arm_at_the_control_rate(tmp_path):
         probe.spin_for(1.5)
         assert session.command_msgs == [], "commands before enable"
 
-        enabled = session._call(SetBool, "/policy_node/enable", SetBool.Request(data=True), session.policy)
+        deadline = time.monotonic() + 30.0  # the follower setup runs first (sim_node's driver services)
+        while not (enabled := session._call(SetBool, "/policy_node/enable", SetBool.Request(data=True),
+                                            session.policy)).success and time.monotonic() < deadline:
+            probe.spin_for(0.2)
         assert enabled.success, enabled.message
         probe.spin_for(1.0)  # past the soft start
-        command_topic, state_topic = arm.command_topic, arm.joint_states_topic
-        start = (len(probe.received[command_topic]), len(probe.received[state_topic]))
+        state_topic = arm.joint_states_topic
+        arm_commands = session.command_log.arm_commands[0]  # receipt times on the system clock
+        start = (len(arm_commands), len(probe.received[state_topic]))
         window = 3.0
         probe.spin_for(window)
-        commands = probe.received[command_topic][start[0]:]
-        command_times = np.array(probe.receipt_times[command_topic][start[0]:])
+        commands = arm_commands[start[0]:]
+        command_times = np.array([received for received, _ in commands])
         states = probe.received[state_topic][start[1]:]
-        state_times = np.array(probe.receipt_times[state_topic][start[1]:])
+        state_times = np.array(probe.receipt_times[state_topic][start[1]:]) + (time.time() - time.monotonic())
         rate = len(commands) / window
-        assert 45.0 <= rate <= 55.0, f"{rate:.1f} trajectories/s\n{session.policy_diagnostics()}"
+        assert 45.0 <= rate <= 55.0, f"{rate:.1f} commands/s\n{session.policy_diagnostics()}"
+        assert session.command_log.rejections == []
 
         # The arm follows: each measured pose against the newest command sent two ticks earlier.
-        commanded = np.array([convert.trajectory_to_arm_targets(profile, arm, m)[1][0] for m in commands])
+        commanded = np.array([pose for _, pose in commands])
         measured = np.array([joint_state_to_arm_vector(profile, arm, m) for m in states])
         assert np.ptp(commanded[:, :6], axis=0).max() > 0.01, "the policy did not move the arm: nothing to follow"
         errors = []

@@ -80,56 +80,6 @@ def test_compressed_round_trip(fmt):
 
 # --- trajectories ----------------------------------------------------------------------------
 
-TARGETS = np.tile(PROFILE.start_pose, (3, 1)) + np.linspace(0, 0.1, 3)[:, None]
-
-
-def test_targets_to_one_trajectory_per_arm():
-    stamp = Time(sec=10, nanosec=5)
-    velocities = np.full_like(TARGETS, 0.5)
-    trajectories = convert.targets_to_trajectories(PROFILE, TARGETS, stamp, velocities=velocities)
-    assert len(trajectories) == 2
-    for arm_index, (arm, msg) in enumerate(zip(PROFILE.arms, trajectories)):
-        assert msg.joint_names == list(PROFILE.command_joint_names(arm))
-        assert msg.header.stamp == stamp
-        times = [convert.duration_to_seconds(p.time_from_start) for p in msg.points]
-        np.testing.assert_allclose(times, [0.02, 0.04, 0.06])
-        part = TARGETS[:, PROFILE.arm_slice(arm_index)]
-        for point, target in zip(msg.points, part):
-            np.testing.assert_allclose(point.positions[:6], target[:6])
-            assert point.positions[6] == pytest.approx(float(PROFILE.follower_joint.denormalize(target[6])))
-            span = PROFILE.follower_joint.open - PROFILE.follower_joint.close
-            np.testing.assert_allclose(point.velocities, [0.5] * 6 + [0.5 * span])
-
-
-def test_trajectory_round_trip_with_reordered_names():
-    trajectories = convert.targets_to_trajectories(PROFILE, TARGETS, times=[0.1, 0.25, 0.5])
-    for arm_index, (arm, msg) in enumerate(zip(PROFILE.arms, trajectories)):
-        msg.joint_names = msg.joint_names[::-1]
-        for point in msg.points:
-            point.positions = list(point.positions)[::-1]
-        times, targets = convert.trajectory_to_arm_targets(PROFILE, arm, msg)
-        np.testing.assert_allclose(times, [0.1, 0.25, 0.5])
-        np.testing.assert_allclose(targets, TARGETS[:, PROFILE.arm_slice(arm_index)])
-
-
-def test_single_target_without_velocities():
-    (left, _right) = convert.targets_to_trajectories(PROFILE, PROFILE.start_pose)
-    assert len(left.points) == 1 and len(left.points[0].velocities) == 0
-
-
-@pytest.mark.parametrize("kwargs, message", [
-    ({"targets": np.zeros((2, 13))}, "shape"),
-    ({"targets": np.full((1, 14), np.nan)}, "non-finite"),
-    ({"times": [0.1, 0.1, 0.2]}, "strictly increasing"),
-    ({"times": [0.1, 0.2]}, "one time per target"),
-    ({"velocities": np.zeros((2, 14))}, "velocities"),
-])
-def test_bad_targets_rejected(kwargs, message):
-    args = {"targets": TARGETS, **kwargs}
-    with pytest.raises(ValueError, match=message):
-        convert.targets_to_trajectories(PROFILE, args.pop("targets"), **args)
-
-
 def trajectory(names, points):
     msg = JointTrajectory(joint_names=list(names))
     for t, positions in points:

@@ -8,6 +8,7 @@ lives in test_closed_loop.py.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,12 +18,13 @@ from diagnostic_msgs.msg import DiagnosticArray
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Bool
 from std_srvs.srv import SetBool, Trigger
-from trajectory_msgs.msg import JointTrajectory
 
 from vla_ros.policy.checkpoint import build_random_policy, load_checkpoint, save_checkpoint
 from vla_ros.robot.profile import config_dir, load_profile
 from vla_ros.ros import convert
 from vla_ros.ros.qos import image_qos, state_qos
+from vla_ros.ros.command_interfaces import CommandLog, InterbotixDriverState
+from vla_ros.ros.follower_setup import InterbotixDriverServices
 from vla_ros.ros.processes import NodeProcess, Probe, module_command, ros_context
 
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
@@ -66,7 +68,7 @@ class Feeder:
     each input can be stopped, reordered or corrupted on the fly. The 'robot' tracks the latest
     command perfectly, so the node sees the pose it asked for."""
 
-    def __init__(self, probe: Probe, profile, pose: np.ndarray, commands: list[list]):
+    def __init__(self, probe: Probe, profile, pose: np.ndarray, commands: CommandLog):
         self.probe, self.profile, self.pose, self.commands = probe, profile, pose, commands
         self.send_joints = self.send_camera = True
         self.reorder_names = False
@@ -83,10 +85,8 @@ class Feeder:
         return self.probe.node.get_clock().now()
 
     def follow_commands(self) -> None:
-        for index, (arm, received) in enumerate(zip(self.profile.arms, self.commands)):
-            if received:
-                _, targets = convert.trajectory_to_arm_targets(self.profile, arm, received[-1])
-                self.pose[self.profile.arm_slice(index)] = targets[0]
+        commanded = np.isfinite(self.commands.pose)
+        self.pose[commanded] = self.commands.pose[commanded]
 
     def publish(self) -> None:
         stamp = self.now().to_msg()
@@ -115,10 +115,15 @@ class Feeder:
 class Session:
     """policy_node process + probe + feeder, and the observations the tests assert on."""
 
-    def __init__(self, probe: Probe, node: NodeProcess, profile):
+    def __init__(self, probe: Probe, node: NodeProcess, profile, serve_driver: bool = True, topic_prefix: str = ""):
         self.probe, self.node, self.profile = probe, node, profile
-        self.commands = [probe.subscribe(JointTrajectory, arm.command_topic) for arm in profile.arms]
-        self.feeder = Feeder(probe, profile, profile.start_pose.copy(), self.commands)
+        self.log = CommandLog(probe.node, profile, topic_prefix)
+        # The probe answers the xs_sdk setup services that policy_node calls before it arms.
+        self.driver = InterbotixDriverState(profile)
+        if serve_driver and profile.command_interface == "interbotix":
+            InterbotixDriverServices(probe.node, profile, self.driver)
+        self.commands = self.log.arm_commands
+        self.feeder = Feeder(probe, profile, profile.start_pose.copy(), self.log)
         self.diagnostics = probe.subscribe(DiagnosticArray, "/diagnostics")
         self.estop_pub = probe.node.create_publisher(Bool, "/policy_node/estop", state_qos())
 
@@ -150,12 +155,8 @@ class Session:
             self.probe.spin_for(0.2)
 
     def targets(self, arm_index: int = 0) -> list[tuple[float, np.ndarray]]:
-        """(stamp, 7 normalised targets) of every command received for one arm."""
-        out = []
-        for msg in self.commands[arm_index]:
-            _, targets = convert.trajectory_to_arm_targets(self.profile, self.profile.arms[arm_index], msg)
-            out.append((convert.time_to_seconds(msg.header.stamp), targets[0]))
-        return out
+        """(receipt time, 7 normalised targets) of every command received for one arm."""
+        return list(self.commands[arm_index])
 
     def states_since(self, index: int) -> list[tuple[float, str]]:
         out = []
@@ -170,7 +171,8 @@ class Session:
 def session_factory(ros_domain, assets):
     opened = []
 
-    def start(checkpoint: str | None = None, profile_path: str | None = None, **params) -> Session:
+    def start(checkpoint: str | None = None, profile_path: str | None = None, serve_driver: bool = True,
+              topic_prefix: str = "", **params) -> Session:
         node_params = {"profile": profile_path or assets["profile_path"], "checkpoint": checkpoint or assets["good"],
                        "instruction": "transfer the cube", "soft_start_time": 0.2, "diagnostics_period": 0.5,
                        "max_camera_age": 0.08, "max_joint_state_age": 0.08, **params}
@@ -179,7 +181,8 @@ def session_factory(ros_domain, assets):
         context = context_manager.__enter__()
         probe = Probe(context)
         opened.append((node, probe, context_manager))
-        session = Session(probe, node, assets["profile"])
+        session = Session(probe, node, load_profile(profile_path) if profile_path else assets["profile"],
+                          serve_driver, topic_prefix)
         session.wait_ready()
         return session
 
@@ -192,8 +195,9 @@ def session_factory(ros_domain, assets):
 
 def _within_limits(profile, arm_index: int, target: np.ndarray) -> bool:
     part = profile.arm_slice(arm_index)
-    return bool(np.all(np.isfinite(target)) and np.all(target >= profile.safe_lower()[part] - 1e-9)
-                and np.all(target <= profile.safe_upper()[part] + 1e-9))
+    # 1e-6: xs_sdk's goals travel as float32
+    return bool(np.all(np.isfinite(target)) and np.all(target >= profile.safe_lower()[part] - 1e-6)
+                and np.all(target <= profile.safe_upper()[part] + 1e-6))
 
 
 def test_disarmed_publishes_nothing_then_streams_at_control_rate(session_factory):
@@ -212,10 +216,15 @@ def test_disarmed_publishes_nothing_then_streams_at_control_rate(session_factory
         rate = len(received) / window
         assert 45.0 <= rate <= 55.0, (f"{arm.name}: {rate:.1f} trajectories/s, expected 50 +- 10%\n"
                                       f"{s.states_since(0)}\n{s.latest()}\n{s.node.report()}")
-        for msg in received:
-            assert list(msg.joint_names) == list(s.profile.command_joint_names(arm))
-            assert len(msg.points) == 1
-            assert convert.duration_to_seconds(msg.points[0].time_from_start) == pytest.approx(DT)
+    # The xs_sdk contract: group "arm" with six positions (rad), "gripper" with the joint angle (rad).
+    for arm in s.profile.arms:
+        groups, singles = s.log.messages[arm.arm_command_topic], s.log.messages[arm.gripper_command_topic]
+        assert abs(len(groups) - len(singles)) <= 2
+        assert {(g.name, len(g.cmd)) for g in groups} == {("arm", 6)}
+        assert {m.name for m in singles} == {"gripper"}
+        joint = s.profile.follower_joint
+        assert all(min(joint.open, joint.close) - 1e-6 <= m.cmd <= max(joint.open, joint.close) + 1e-6 for m in singles)
+    assert s.log.rejections == []
     assert all(_within_limits(s.profile, 0, t) for _, t in s.targets(0))
     assert s.enable(False).success
     s.probe.spin_for(0.3)
@@ -285,7 +294,7 @@ def test_checkpoint_with_unsafe_outputs_publishes_no_unsafe_command(session_fact
             assert _within_limits(s.profile, arm_index, target)
             if previous is not None:
                 step = np.abs(target - previous)
-                assert np.all(step <= s.profile.velocity_limit[s.profile.arm_slice(arm_index)] * DT * 1.001 + 1e-9)
+                assert np.all(step <= s.profile.velocity_limit[s.profile.arm_slice(arm_index)] * DT * 1.001 + 1e-6)
             previous = target
     values = s.latest()
     rejected = {k: v for k, v in values.items() if k.startswith(("chunks_rejected:", "interventions:"))}
@@ -358,3 +367,59 @@ def test_bad_configuration_exits_with_a_clear_message(ros_domain, params, messag
     assert node.process.wait(60) == 2, node.report()
     stderr = node.stderr()
     assert message in stderr and "Traceback" not in stderr, stderr
+
+
+def test_follower_setup_runs_through_the_driver_services_before_arming(session_factory):
+    """As the ALOHA scripts do: gripper rebooted, arm in position mode, gripper in
+    current_based_position (radian goals), torque on; only then does the node arm."""
+    s = session_factory()
+    assert s.enable_when_inputs_fresh().success
+    for arm_index in range(len(s.profile.arms)):
+        assert s.driver.modes[arm_index] == ["position"] * 6 + ["current_based_position"]
+        assert s.driver.reboots[arm_index] == 1 and all(s.driver.torque[arm_index])
+    s.probe.wait_for(lambda: s.latest().get("follower_setup") == "done", 5.0, "diagnostics: setup done", s.node)
+
+
+def test_missing_driver_services_refuse_arming_with_a_clear_reason(session_factory):
+    s = session_factory(serve_driver=False, follower_setup_timeout=0.5)
+    s.probe.spin_for(1.5)
+    response = s.enable()
+    assert not response.success
+    assert "/follower_left/reboot_motors" in response.message and "xs_sdk" in response.message, response.message
+    assert all(len(c) == 0 for c in s.commands)
+
+
+def test_dry_run_publishes_the_same_messages_under_its_own_namespace(session_factory):
+    s = session_factory(dry_run=True, topic_prefix="/policy_node/dry_run", serve_driver=False)
+    assert s.enable_when_inputs_fresh().success
+    s.probe.wait_for(lambda: min(s.log.counts()) > 5, 10.0, "dry-run commands", s.node)
+    topic = "/policy_node/dry_run" + s.profile.arms[0].arm_command_topic
+    assert {(m.name, len(m.cmd)) for m in s.log.messages[topic]} == {("arm", 6)}
+    assert s.log.rejections == []
+
+
+def test_ros2_control_commands_match_the_controllers(session_factory, assets, tmp_path):
+    """Arm controller: its six joints only; gripper controller: the finger joint in metres; header
+    stamp zero and one point one tick ahead, so a late message is never dropped."""
+    path = tmp_path / "control.yaml"
+    control = load_profile("aloha_sim_ros2_control")
+    path.write_text(yaml.safe_dump({"extends": str(Path(control.source)), "name": "control_small",
+                                    "cameras": [{"name": "cam_high", "topic": control.cameras[0].topic,
+                                                 "width": WIDTH, "height": HEIGHT}]}))
+    s = session_factory(profile_path=str(path))
+    assert s.enable_when_inputs_fresh().success
+    s.probe.wait_for(lambda: min(s.log.counts()) > 5, 10.0, "commands", s.node)
+    finger = s.profile.follower_finger
+    for arm in s.profile.arms:
+        for topic, names in ((arm.arm_command_topic, list(s.profile.arm_joints)),
+                             (arm.gripper_command_topic, [arm.finger_joint])):
+            messages = s.log.messages[topic]
+            assert messages
+            for msg in messages:
+                assert list(msg.joint_names) == names
+                assert (msg.header.stamp.sec, msg.header.stamp.nanosec) == (0, 0)
+                assert len(msg.points) == 1 and not msg.points[0].velocities
+                assert convert.duration_to_seconds(msg.points[0].time_from_start) == pytest.approx(DT)
+        for msg in s.log.messages[arm.gripper_command_topic]:
+            assert min(finger.open, finger.close) - 1e-6 <= msg.points[0].positions[0] <= max(finger.open, finger.close) + 1e-6
+    assert s.log.rejections == []

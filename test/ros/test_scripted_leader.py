@@ -10,11 +10,12 @@ from hypothesis import strategies as st
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Bool
 from std_srvs.srv import Trigger
-from trajectory_msgs.msg import JointTrajectory
 
 from vla_ros.robot import decode
 from vla_ros.robot.profile import load_profile
 from vla_ros.ros import convert
+from vla_ros.ros.command_interfaces import CommandLog, InterbotixDriverState
+from vla_ros.ros.follower_setup import InterbotixDriverServices
 from vla_ros.ros.scripted_leader import leader_joint_state
 from vla_ros.ros.processes import NodeProcess, Probe, module_command, ros_context
 from vla_ros.sim.scripted import ScriptedLeader
@@ -57,9 +58,12 @@ def running(domain):
             return response
 
         probe.node.create_service(Trigger, RESET_SERVICE, reset)
+        # The probe plays xs_sdk: its setup services and its command topics.
+        probe.driver = InterbotixDriverState(PROFILE)
+        InterbotixDriverServices(probe.node, PROFILE, probe.driver)
+        probe.commands = CommandLog(probe.node, PROFILE)
         for arm in PROFILE.arms:
             probe.subscribe(JointState, arm.leader_joint_states_topic)
-            probe.subscribe(JointTrajectory, arm.command_topic)
         probe.subscribe(Bool, "/scripted_leader/done")
         probe.wait_for_messages(PROFILE.arms[0].leader_joint_states_topic, 3, STARTUP_TIMEOUT, node)
         yield node, probe
@@ -81,7 +85,7 @@ def test_plays_the_script_of_the_seed_the_simulation_reset_to(running):
     np.testing.assert_allclose(leader_vector([probe.received[a.leader_joint_states_topic] for a in PROFILE.arms]),
                                PROFILE.start_pose, atol=1e-9)  # idle: holding the start pose
     done = probe.received["/scripted_leader/done"]
-    commands = probe.received[PROFILE.arms[1].command_topic]
+    commands = probe.commands.arm_commands[1]
     probe.reset_reply = (True, "episode 2 seed 9")
     started = start(probe, node)
     assert started.success, started.message
@@ -96,9 +100,11 @@ def test_plays_the_script_of_the_seed_the_simulation_reset_to(running):
     np.testing.assert_allclose(leader_vector([probe.received[a.leader_joint_states_topic] for a in PROFILE.arms]),
                                final, atol=1e-9)
     assert len(commands) == STEPS
-    for step, msg in ((0, commands[0]), (STEPS - 1, commands[-1])):
-        _, targets = convert.trajectory_to_arm_targets(PROFILE, PROFILE.arms[1], msg)
-        np.testing.assert_allclose(targets[-1], expected.action_at(step)[PROFILE.arm_slice(1)], atol=1e-9)
+    assert probe.commands.rejections == []
+    assert probe.driver.modes[1] == ["position"] * 6 + ["current_based_position"]  # the follower setup ran
+    for step, (_, target) in ((0, commands[0]), (STEPS - 1, commands[-1])):
+        # float32 on the xs_sdk topics
+        np.testing.assert_allclose(target, expected.action_at(step)[PROFILE.arm_slice(1)], atol=1e-6)
 
 
 @pytest.mark.ros
@@ -110,12 +116,12 @@ def test_plays_the_script_of_the_seed_the_simulation_reset_to(running):
 ])
 def test_start_refused_when_the_reset_does_not_fit(running, reply, message):
     node, probe = running
-    commands_before = len(probe.received[PROFILE.arms[0].command_topic])
+    commands_before = len(probe.commands.messages[PROFILE.arms[0].arm_command_topic])
     probe.reset_reply = reply
     refused = start(probe, node)
     assert not refused.success and message in refused.message
     probe.spin_for(0.2)
-    assert len(probe.received[PROFILE.arms[0].command_topic]) == commands_before  # the follower was left alone
+    assert len(probe.commands.messages[PROFILE.arms[0].arm_command_topic]) == commands_before  # follower left alone
 
 
 @pytest.mark.ros

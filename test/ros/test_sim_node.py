@@ -1,25 +1,34 @@
 """sim_node as its own process, driven over DDS: it publishes joint states and images at about
-the configured rate, follows JointTrajectory commands, ignores and counts bad ones, resets
-through its service, and can step as fast as possible publishing /clock."""
+the configured rate, takes commands exactly as the real receivers do (xs_sdk's joint_group and
+joint_single with the driver's setup services; a joint_trajectory_controller's validation),
+ignores and counts what they refuse, resets through its service, and can step as fast as
+possible publishing /clock."""
 
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray
+from interbotix_xs_msgs.msg import JointGroupCommand, JointSingleCommand
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import Bool, Float32
 from std_srvs.srv import Trigger
-from trajectory_msgs.msg import JointTrajectory
+from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from vla_ros.robot import decode
 from vla_ros.robot.profile import load_profile
 from vla_ros.ros import convert
-from vla_ros.ros.qos import image_qos, state_qos
+from vla_ros.ros.command_interfaces import command_qos, make_sender
+from vla_ros.ros.follower_setup import run_follower_setup
+from vla_ros.ros.qos import image_qos
 from vla_ros.ros.processes import NodeProcess, Probe, module_command, ros_context
 
 PROFILE = load_profile("aloha_sim")
+CONTROL_PROFILE = load_profile("aloha_sim_ros2_control")
 CAMERA = PROFILE.cameras[0]
 WIDTH, HEIGHT = 320, 240
 STARTUP_TIMEOUT = 60.0
@@ -27,43 +36,69 @@ PARAMS_FILE = Path(__file__).resolve().parents[2] / "config" / "sim_node.yaml"
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
 
 
+def start_probe(probe, node, profile):
+    for arm in profile.arms:
+        probe.subscribe(JointState, arm.joint_states_topic)
+    probe.subscribe(Image, CAMERA.topic, image_qos())
+    probe.subscribe(DiagnosticArray, "/diagnostics")
+    probe.sender = make_sender(probe.node, profile, profile.dt)
+    for publishers in probe.sender.publishers:
+        for pub in publishers:
+            probe.wait_for_subscribers(pub, 1, STARTUP_TIMEOUT, node)
+    probe.wait_for_messages(CAMERA.topic, 3, STARTUP_TIMEOUT, node)
+
+
 @pytest.fixture(scope="module")
 def running(domain):
-    """One real-time sim_node and a probe subscribed to everything it publishes."""
+    """One real-time sim_node (interbotix interface) and a probe subscribed to everything it publishes."""
     params = {"image_width": WIDTH, "image_height": HEIGHT, "seed": 5}
     with NodeProcess(module_command("vla_ros.ros.sim_node"), params, domain_id=domain) as node, \
             ros_context(domain) as context, Probe(context) as probe:
-        for arm in PROFILE.arms:
-            probe.subscribe(JointState, arm.joint_states_topic)
-        probe.subscribe(Image, CAMERA.topic, image_qos())
-        probe.subscribe(DiagnosticArray, "/diagnostics")
-        probe.command_pubs = [probe.node.create_publisher(JointTrajectory, arm.command_topic, state_qos())
-                              for arm in PROFILE.arms]
-        for pub in probe.command_pubs:
-            probe.wait_for_subscribers(pub, 1, STARTUP_TIMEOUT, node)
-        probe.wait_for_messages(CAMERA.topic, 3, STARTUP_TIMEOUT, node)
+        start_probe(probe, node, PROFILE)
         yield node, probe
 
 
-def state_vector(probe):
+def follower_setup(probe, node, profile=PROFILE):
+    """Run the follower setup from a thread while the probe spins (the services answer over DDS)."""
+    errors = []
+    thread = threading.Thread(target=lambda: _capture(errors, run_follower_setup, probe.node, profile, 20.0))
+    thread.start()
+    probe.wait_for(lambda: not thread.is_alive(), 60.0, "the follower setup", node)
+    assert not errors, errors
+
+
+def _capture(errors, function, *args):
+    try:
+        function(*args)
+    except Exception as exc:  # reported by the test thread
+        errors.append(exc)
+
+
+def state_vector(probe, profile=PROFILE):
     """The latest 14-dim state decoded from both arms' joint states."""
     return np.concatenate([
-        decode.joint_state_to_arm_vector(PROFILE, arm, probe.received[arm.joint_states_topic][-1])
-        for arm in PROFILE.arms
+        decode.joint_state_to_arm_vector(profile, arm, probe.received[arm.joint_states_topic][-1])
+        for arm in profile.arms
     ])
 
 
-def rejected_commands(probe):
+def diagnostics(probe) -> dict:
     messages = probe.received["/diagnostics"]
-    if not messages:
-        return 0
-    values = {kv.key: kv.value for kv in messages[-1].status[0].values}
-    return int(values["rejected_commands"])
+    return {kv.key: kv.value for kv in messages[-1].status[0].values} if messages else {}
 
 
-def send(probe, targets, times):
-    for pub, msg in zip(probe.command_pubs, convert.targets_to_trajectories(PROFILE, targets, times=times)):
-        pub.publish(msg)
+def rejected_commands(probe):
+    return int(diagnostics(probe).get("rejected_commands", 0))
+
+
+def expect_rejections(probe, node, publish_bad, count):
+    probe.wait_for(lambda: probe.received["/diagnostics"], 10.0, "diagnostics", node)
+    before = rejected_commands(probe)
+    publish_bad()
+    probe.wait_for(lambda: rejected_commands(probe) >= before + count, 15.0,
+                   f"diagnostics counting {count} rejected commands", node)
+    probe.spin_for(0.5)
+    assert rejected_commands(probe) == before + count, "a command the real receiver accepts was refused"
 
 
 def test_publishes_at_about_the_configured_rate(running):
@@ -83,13 +118,28 @@ def test_publishes_at_about_the_configured_rate(running):
     assert len(joint_state.velocity) == 9
 
 
-def test_follows_joint_trajectories(running):
+def test_radian_gripper_goals_wait_for_the_follower_setup(running):
+    """The stock follower config starts the gripper in linear_position (metres): a radian goal is
+    refused until set_operating_modes puts it in current_based_position, as the ALOHA scripts do."""
     node, probe = running
+    arm = PROFILE.arms[0]
+    gripper = JointSingleCommand(name="gripper", cmd=float(PROFILE.follower_joint.denormalize(0.5)))
+    single = probe.sender.publishers[0][1]
+    expect_rejections(probe, node, lambda: single.publish(gripper), 1)
+    assert "linear_position" in diagnostics(probe)["last_rejection"]
+    follower_setup(probe, node)
+    expect_rejections(probe, node, lambda: single.publish(gripper), 0)
+    assert arm.gripper_command_topic == "/follower_left/commands/joint_single"
+
+
+def test_follows_joint_group_and_single_commands(running):
+    node, probe = running
+    follower_setup(probe, node)
     target = PROFILE.start_pose.copy()
     target[[0, 7]] = [0.3, -0.25]  # waists
     target[[2, 9]] += 0.15  # elbows
     target[[6, 13]] = [0.8, 0.6]  # grippers (normalised)
-    send(probe, target[None], times=[0.5])
+    probe.sender.send(target)  # one goal, held by the driver: no stream needed
 
     def arrived():
         return np.abs(state_vector(probe) - target).max() < 0.03
@@ -97,45 +147,92 @@ def test_follows_joint_trajectories(running):
     probe.wait_for(arrived, 30.0, f"joints to reach {target.round(3).tolist()}", node)
 
 
-def test_bad_commands_are_ignored_and_counted(running):
+def test_what_xs_sdk_refuses_is_ignored_and_counted(running):
     node, probe = running
-    probe.wait_for(lambda: probe.received["/diagnostics"], 10.0, "diagnostics", node)
-    rejected_before = rejected_commands(probe)
+    follower_setup(probe, node)
     held = state_vector(probe)
-    arm = PROFILE.arms[0]
-    good_names = list(PROFILE.command_joint_names(arm))
-    out_of_limits = PROFILE.start_pose[:7].copy()
-    out_of_limits[1] = PROFILE.position_upper[1] + 0.5
-    bad = [
-        (["waist", "nonsense"], [0.0, 0.0]),
-        (good_names, [0.0] * 6 + [float("nan")]),
-        (good_names, [0.0] * 3),
-        (good_names, out_of_limits.tolist()),
+    group, single = probe.sender.publishers[0]
+    arm_goal = [float(v) for v in PROFILE.start_pose[:6]]
+    out_of_limits = list(arm_goal)
+    out_of_limits[1] = float(PROFILE.position_upper[1] + 0.5)
+    bad_groups = [
+        JointGroupCommand(name="all", cmd=arm_goal + [1.0]),  # no such group in the follower config
+        JointGroupCommand(name="arm", cmd=arm_goal + [1.0]),  # 7 values for a 6-joint group
+        JointGroupCommand(name="arm", cmd=arm_goal[:3]),
+        JointGroupCommand(name="arm", cmd=out_of_limits),  # the servo ignores it
+        JointGroupCommand(name="arm", cmd=arm_goal[:5] + [float("nan")]),
     ]
-    for names, positions in bad:
-        msg = convert.targets_to_trajectories(PROFILE, PROFILE.start_pose)[0]
-        msg.joint_names = names
-        msg.points[0].positions = positions
-        probe.command_pubs[0].publish(msg)
-    probe.wait_for(lambda: rejected_commands(probe) >= rejected_before + len(bad), 15.0,
-                   "diagnostics counting the rejected commands", node)
+    bad_singles = [JointSingleCommand(name="finger", cmd=1.0), JointSingleCommand(name="left_finger", cmd=0.05)]
+
+    def publish_bad():
+        for msg in bad_groups:
+            group.publish(msg)
+            probe.spin_for(0.25)  # depth 1: one at a time
+        for msg in bad_singles:
+            single.publish(msg)
+            probe.spin_for(0.25)
+
+    expect_rejections(probe, node, publish_bad, len(bad_groups) + len(bad_singles))
     assert node.alive()
     assert probe.received["/diagnostics"][-1].status[0].level == b"\x01"
-    np.testing.assert_allclose(state_vector(probe), held, atol=0.03)  # still holding the last target
+    np.testing.assert_allclose(state_vector(probe), held, atol=0.03)  # still holding the last goal
     assert "ignored command" in node.stderr()
 
 
 def test_reset_service_starts_a_new_episode(running):
     node, probe = running
+    follower_setup(probe, node)
     moved = PROFILE.start_pose.copy()
     moved[[0, 7]] = 0.4
-    send(probe, moved[None], times=[0.3])
+    probe.sender.send(moved)
     probe.wait_for(lambda: abs(state_vector(probe)[0] - 0.4) < 0.05, 30.0, "left waist to move", node)
     response = probe.call(Trigger, "/sim_node/reset", Trigger.Request(), 20.0, node)
     assert response.success, response.message
     assert "episode" in response.message
     probe.wait_for(lambda: abs(state_vector(probe)[0]) < 0.02 and abs(state_vector(probe)[7]) < 0.02,
                    20.0, "the arms back at the start pose", node)
+
+
+def trajectory(names, positions, times, stamp=Time()):
+    msg = JointTrajectory(joint_names=list(names))
+    msg.header.stamp = stamp
+    msg.points = [JointTrajectoryPoint(positions=[float(v) for v in p], time_from_start=convert.seconds_to_duration(t))
+                  for p, t in zip(positions, times)]
+    return msg
+
+
+def test_ros2_control_validation_as_the_joint_trajectory_controller(ros_domain):
+    """With the ros2_control interface, sim_node accepts what a joint_trajectory_controller
+    accepts (stamp zero: start now, even when late) and refuses the rest: an unknown joint, a
+    missing joint, a trajectory that ends in the past, times that do not increase."""
+    params = {"image_width": 64, "image_height": 48, "profile": "aloha_sim_ros2_control"}
+    with NodeProcess(module_command("vla_ros.ros.sim_node"), params, domain_id=ros_domain) as node, \
+            ros_context(ros_domain) as context, Probe(context) as probe:
+        start_probe(probe, node, CONTROL_PROFILE)
+        arm_pub = probe.node.create_publisher(JointTrajectory, CONTROL_PROFILE.arms[0].arm_command_topic, command_qos())
+        probe.wait_for_subscribers(arm_pub, 1, STARTUP_TIMEOUT, node)
+        joints = CONTROL_PROFILE.arm_joints
+        goal = CONTROL_PROFILE.start_pose[:6].copy()
+        goal[0] = 0.3
+        stale = convert.seconds_to_time(time.time() - 1.0)
+
+        def publish_bad():
+            for msg in (trajectory([*joints, "gripper"], [[*goal, 1.0]], [0.02]),
+                        trajectory(joints[:5], [goal[:5]], [0.02]),
+                        trajectory(joints, [goal], [0.02], stamp=stale),
+                        trajectory(joints, [goal, goal], [0.04, 0.02])):
+                arm_pub.publish(msg)
+                probe.spin_for(0.25)  # depth 1: one at a time
+
+        expect_rejections(probe, node, publish_bad, 4)
+        expect_rejections(probe, node, lambda: arm_pub.publish(trajectory(reversed(joints), [goal[::-1]], [0.3])), 0)
+        probe.wait_for(lambda: abs(state_vector(probe, CONTROL_PROFILE)[0] - 0.3) < 0.03, 30.0,
+                       "the waist to follow a trajectory in the controller's joint order", node)
+        target = CONTROL_PROFILE.start_pose.copy()
+        target[6] = 0.9  # the gripper, through the gripper controller's finger joint in metres
+        probe.sender.send(target)
+        probe.wait_for(lambda: abs(state_vector(probe, CONTROL_PROFILE)[6] - 0.9) < 0.05, 30.0,
+                       "the gripper to follow the finger trajectory", node)
 
 
 def test_fast_mode_publishes_clock_and_compressed_images(ros_domain):

@@ -45,12 +45,24 @@ class GripperMap:
         return np.asarray(value, dtype=np.float64) * (self.open - self.close) + self.close
 
 
+# How a follower's driver takes goals; each is defined by its receiver's own contract:
+# - interbotix: the Interbotix xs_sdk driver: interbotix_xs_msgs/JointGroupCommand (the arm group's
+#   joint positions, rad) on arm_command_topic and JointSingleCommand (the gripper joint angle, rad)
+#   on gripper_command_topic. The driver holds the last goal forever and reads no stamps.
+# - ros2_control: two joint_trajectory_controllers per arm: the arm joints only on
+#   arm_command_topic, the finger joint (m) on gripper_command_topic; header stamp zero.
+# - trajectory: one JointTrajectory with the arm joints and the gripper joint (rad), for custom stacks.
+COMMAND_INTERFACES = ("interbotix", "ros2_control", "trajectory")
+
+
 @dataclass(frozen=True)
 class ArmSpec:
     name: str
     joint_states_topic: str
     leader_joint_states_topic: str
-    command_topic: str
+    arm_command_topic: str
+    gripper_command_topic: str  # "" with the trajectory interface
+    driver_namespace: str  # the driver node's namespace (its services), "" when unknown
     gripper_joint: str
     finger_joint: str
     leader_gripper_joint: str
@@ -71,6 +83,8 @@ class RobotProfile:
     name: str
     source: str
     control_rate_hz: float
+    command_interface: str
+    interbotix_arm_group: str
     arm_joints: tuple[str, ...]
     arms: tuple[ArmSpec, ...]
     cameras: tuple[CameraSpec, ...]
@@ -120,7 +134,8 @@ class RobotProfile:
         return slice(arm_index * n, (arm_index + 1) * n)
 
     def command_joint_names(self, arm: ArmSpec) -> tuple[str, ...]:
-        """Joint names of one arm's JointTrajectory: the arm joints, then the gripper joint."""
+        """Joint names of one arm's single JointTrajectory (trajectory interface): the arm joints,
+        then the gripper joint."""
         return (*self.arm_joints, arm.gripper_joint)
 
     def safe_lower(self) -> np.ndarray:
@@ -174,9 +189,12 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
         return data
     if not isinstance(parent_name, str):
         raise ProfileError(str(path), "extends", "must be a profile name")
-    parent_path = resolve_profile_path(parent_name)
-    if not parent_path.is_absolute():
-        parent_path = path.parent / parent_path
+    # A parent beside the child wins: a variant is read with the parent it was written next to.
+    parent_path = path.parent / f"{parent_name}.yaml"
+    if not parent_path.is_file():
+        parent_path = resolve_profile_path(parent_name)
+        if not parent_path.is_absolute():
+            parent_path = path.parent / parent_path
     if parent_path.resolve() in seen:
         raise ProfileError(str(path), "extends", f"cycle through {parent_path}")
     merged = _read_yaml(parent_path, (*seen, path.resolve()))
@@ -283,6 +301,11 @@ def load_profile(name_or_path: str | os.PathLike) -> RobotProfile:
     if outside.size:
         r.fail(f"start_pose[{outside[0]}]", "lies outside the position limits minus margin")
 
+    interface = r.string(data, "command_interface", "command_interface")
+    if interface not in COMMAND_INTERFACES:
+        r.fail("command_interface", f"must be one of {list(COMMAND_INTERFACES)}, got {interface!r}")
+    arm_group = r.string(data, "interbotix_arm_group", "interbotix_arm_group") if interface == "interbotix" else ""
+
     raw_arms = r.get(data, "arms", "arms")
     if not isinstance(raw_arms, list) or not raw_arms:
         r.fail("arms", "must be a non-empty list")
@@ -294,7 +317,11 @@ def load_profile(name_or_path: str | os.PathLike) -> RobotProfile:
                 name=r.string(entry, "name", f"{p}.name"),
                 joint_states_topic=r.topic(entry, "joint_states_topic", f"{p}.joint_states_topic"),
                 leader_joint_states_topic=r.topic(entry, "leader_joint_states_topic", f"{p}.leader_joint_states_topic"),
-                command_topic=r.topic(entry, "command_topic", f"{p}.command_topic"),
+                arm_command_topic=r.topic(entry, "arm_command_topic", f"{p}.arm_command_topic"),
+                gripper_command_topic=(r.topic(entry, "gripper_command_topic", f"{p}.gripper_command_topic")
+                                       if interface != "trajectory" else ""),
+                driver_namespace=(r.topic(entry, "driver_namespace", f"{p}.driver_namespace")
+                                  if isinstance(entry, dict) and "driver_namespace" in entry else ""),
                 gripper_joint=r.string(entry, "gripper_joint", f"{p}.gripper_joint"),
                 finger_joint=r.string(entry, "finger_joint", f"{p}.finger_joint"),
                 leader_gripper_joint=r.string(entry, "leader_gripper_joint", f"{p}.leader_gripper_joint"),
@@ -328,6 +355,8 @@ def load_profile(name_or_path: str | os.PathLike) -> RobotProfile:
         name=name,
         source=str(path),
         control_rate_hz=rate,
+        command_interface=interface,
+        interbotix_arm_group=arm_group,
         arm_joints=tuple(arm_joints),
         arms=tuple(arms),
         cameras=tuple(cameras),

@@ -47,12 +47,14 @@ PARAMETERS = (
     ParamSpec("qos_depth", 10, "keep-last depth of the (reliable) publishers", minimum=1, maximum=10000),
     ParamSpec("distro", "kilted", "typestore for message types the bag does not define",
               choices=("humble", "jazzy", "kilted")),
-    ParamSpec("publish_commands", False, "also play the bag's JointTrajectory topics; off by default so that a "
+    ParamSpec("publish_commands", False, "also play the bag's motion commands (JointTrajectory, and xs_sdk's "
+              "JointGroupCommand, JointSingleCommand and JointTrajectoryCommand); off by default so that a "
               "bag replayed next to live arms never drives them (replayed commands bypass the safety layer)"),
 )
 # Motion commands: skipped unless publish_commands (a recorded command is not re-checked against
 # where the arm is now).
-COMMAND_TYPES = ("trajectory_msgs/msg/JointTrajectory",)
+COMMAND_TYPES = ("trajectory_msgs/msg/JointTrajectory", "interbotix_xs_msgs/msg/JointGroupCommand",
+                 "interbotix_xs_msgs/msg/JointSingleCommand", "interbotix_xs_msgs/msg/JointTrajectoryCommand")
 LIST_PARAMETERS = {
     "topics": "bag topics to play (empty: all)",
     "remap": "topic remappings, each 'from:=to' (bag topic -> published topic)",

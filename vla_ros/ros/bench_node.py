@@ -14,16 +14,12 @@ time) and its arms follow the latest command. After arming, for --seconds it mea
   the node (its diagnostics), so node_overhead_ms_p50 = node_inference p50 - bare predict p50 is
   what running inside the node (its executor threads contend for the GIL and the cores) adds
   to each prediction;
-- tick_to_receipt_ms: receipt here - trajectory header stamp (the node's clock at the tick):
-  publishing, DDS and this process's executor;
-- jitter (|interval - control period|): of the trajectory header stamps (the node's tick times,
-  measurement window only: the jitter target), of receipt times here, and the node's own
-  timer_jitter diagnostics (its last 2000 ticks, so start-up and warm-up included); the
-  feeder's own send-interval jitter shows whether this process kept its 50 Hz;
+- jitter (|interval - control period|): of the receipt times here of the arm commands (the
+  profile's command interface; xs_sdk's commands carry no stamp), and the node's own
+  timer_jitter diagnostics (its last 2000 ticks, so start-up and warm-up included: the jitter
+  target); the feeder's own send-interval jitter shows whether this process kept its 50 Hz;
 - diagnostic_states / hold_reasons: the node's state and input-gate reasons per diagnostics
   message in the window (holds mean the node saw stale inputs: the figures are then under load).
-
-Both processes use the system clock of this machine, so stamps and receipts compare directly.
 
     python -m vla_ros.ros.bench_node --seconds 10 --image-size 480x640 [--image-transport compressed]
 """
@@ -43,11 +39,12 @@ import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray
 from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_srvs.srv import SetBool
-from trajectory_msgs.msg import JointTrajectory
 
 from vla_ros.robot.profile import ProfileError, load_profile
 from vla_ros.ros import convert
+from vla_ros.ros.command_interfaces import CommandLog, InterbotixDriverState
 from vla_ros.ros.episodes import write_camera_size_profile
+from vla_ros.ros.follower_setup import InterbotixDriverServices
 from vla_ros.ros.qos import image_qos, state_qos
 from vla_ros.ros.processes import NodeProcess, Probe, module_command, ros_context
 from vla_ros.sim.collect import TASK_TEXT, image_size_argument
@@ -61,7 +58,7 @@ class RobotFeeder:
     """Publishes every arm's joint state and every camera at the control rate from the benchmark
     process; the arms follow the latest received command so the node sees the pose it asked for."""
 
-    def __init__(self, probe: Probe, profile, width: int, height: int, commands: list[list], compressed: bool):
+    def __init__(self, probe: Probe, profile, width: int, height: int, commands: CommandLog, compressed: bool):
         self.probe, self.profile, self.commands = probe, profile, commands
         self.pose = profile.start_pose.copy()
         node = probe.node
@@ -84,10 +81,8 @@ class RobotFeeder:
 
     def publish(self) -> None:
         self.send_times.append(time.monotonic())
-        for index, (arm, received) in enumerate(zip(self.profile.arms, self.commands)):
-            if received:
-                _, targets = convert.trajectory_to_arm_targets(self.profile, arm, received[-1])
-                self.pose[self.profile.arm_slice(index)] = targets[0]
+        commanded = np.isfinite(self.commands.pose)
+        self.pose[commanded] = self.commands.pose[commanded]
         stamp = self.probe.node.get_clock().now().to_msg()
         for index, (arm, publisher) in enumerate(zip(self.profile.arms, self.joint_publishers)):
             part = self.pose[self.profile.arm_slice(index)]
@@ -142,9 +137,12 @@ def measure_node(args, profile_path: str, checkpoint: str, domain: int) -> dict:
               "image_transport": args.image_transport}
     with NodeProcess(module_command("vla_ros.ros.policy_node"), params, domain_id=domain) as node, \
             ros_context(domain) as context, Probe(context, "bench_node") as probe:
-        commands = [probe.subscribe(JointTrajectory, arm.command_topic) for arm in profile.arms]
+        log = CommandLog(probe.node, profile)
+        commands = log.arm_commands
+        if profile.command_interface == "interbotix":  # answer the follower setup as xs_sdk would
+            InterbotixDriverServices(probe.node, profile, InterbotixDriverState(profile))
         diagnostics = probe.subscribe(DiagnosticArray, "/diagnostics")
-        feeder = RobotFeeder(probe, profile, args.width, args.height, commands,
+        feeder = RobotFeeder(probe, profile, args.width, args.height, log,
                              compressed=args.image_transport == "compressed")
         probe.wait_for(lambda: any(_diagnostic_values(m) for m in diagnostics), STARTUP_TIMEOUT,
                        "policy_node diagnostics", node)
@@ -166,9 +164,7 @@ def measure_node(args, profile_path: str, checkpoint: str, domain: int) -> dict:
             raise RuntimeError(f"policy_node died during the measurement:\n{node.report()}")
 
         window = commands[0][first_command:]
-        receipts = np.array(probe.receipt_times[profile.arms[0].command_topic][first_command:])
-        receipts_wall = receipts + (time.time() - time.monotonic())
-        stamps = np.array([convert.time_to_seconds(m.header.stamp) for m in window])
+        receipts = np.array([received for received, _ in window])
         period = profile.dt  # the node runs at the profile's control rate
 
         chunk_latency_ms, states, gate_reasons, accepted_seen = [], {}, {}, None
@@ -199,10 +195,8 @@ def measure_node(args, profile_path: str, checkpoint: str, domain: int) -> dict:
             "node_inference_ms": {"p50_ms": round(float(final["inference_ms_p50"]), 3),
                                   "p99_ms": round(float(final["inference_ms_p99"]), 3),
                                   "n": int(final["inference_count"])},
-            "tick_to_receipt_ms": _summary((receipts_wall - stamps) * 1e3),
             "feeder_interval_jitter_ms": _summary(np.abs(np.diff(feeder.send_times[first_send:]) - period) * 1e3),
             "receipt_interval_jitter_ms": _summary(np.abs(np.diff(receipts) - period) * 1e3),
-            "tick_stamp_jitter_ms": _summary(np.abs(np.diff(stamps) - period) * 1e3),
             "node_timer_jitter_ms": {"p50_ms": round(float(final["timer_jitter_ms_p50"]), 3),
                                      "p99_ms": round(float(final["timer_jitter_ms_p99"]), 3)},
         }
@@ -253,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"vla-ros bench node: {exc}", file=sys.stderr)
             return 1
     overhead = node["node_inference_ms"]["p50_ms"] - bare["p50_ms"]
-    jitter_p99 = node["tick_stamp_jitter_ms"]["p99_ms"]
+    jitter_p99 = node["node_timer_jitter_ms"]["p99_ms"]
     print(json.dumps({
         "benchmark": "policy_node", "profile": profile.name, "config": args.config,
         "image_hw": [args.height, args.width], "image_transport": args.image_transport,

@@ -1,4 +1,5 @@
-"""numpy <-> ROS messages: images, joint states and joint trajectories.
+"""numpy <-> ROS messages: images, joint states and joint trajectories (the command interfaces'
+messages are built in vla_ros.ros.command_interfaces).
 
 Image decoding uses cv_bridge when it is importable (a robot with ROS installed) and the pure
 decoder in :mod:`vla_ros.robot.decode` otherwise; both give identical arrays, and every function
@@ -9,14 +10,12 @@ reference because bags are decoded without rclpy.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 from builtin_interfaces.msg import Duration, Time
 from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import Header
-from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from vla_ros.robot import decode
 from vla_ros.robot.profile import ArmSpec, RobotProfile
@@ -156,49 +155,6 @@ def arm_joint_state(profile: RobotProfile, arm: ArmSpec, positions: np.ndarray, 
 
 
 # --- joint trajectories ---------------------------------------------------------------------
-
-
-def targets_to_trajectories(profile: RobotProfile, targets: np.ndarray, stamp: Time | None = None,
-                            times: Sequence[float] | None = None,
-                            velocities: np.ndarray | None = None) -> list[JointTrajectory]:
-    """Targets ``(T, action_dim)`` (or one ``(action_dim,)``) -> one JointTrajectory per arm.
-
-    Points are at ``times`` seconds from the header stamp (default ``dt, 2 dt, ...``), strictly
-    increasing. The gripper is commanded as the follower gripper JOINT angle."""
-    targets = np.atleast_2d(np.asarray(targets, dtype=np.float64))
-    if targets.ndim != 2 or targets.shape[1] != profile.action_dim or targets.shape[0] == 0:
-        raise ValueError(f"targets must have shape (T, {profile.action_dim}) with T >= 1, got {targets.shape}")
-    if not np.all(np.isfinite(targets)):
-        raise ValueError("targets have non-finite entries")
-    if times is None:
-        times = profile.dt * np.arange(1, targets.shape[0] + 1)
-    times = np.asarray(times, dtype=np.float64)
-    if times.shape != (targets.shape[0],):
-        raise ValueError(f"need one time per target: {times.shape} times for {targets.shape[0]} targets")
-    if not np.all(np.isfinite(times)) or times[0] < 0 or np.any(np.diff(times) <= 0):
-        raise ValueError(f"times must be finite, >= 0 and strictly increasing, got {times.tolist()}")
-    if velocities is not None:
-        velocities = np.atleast_2d(np.asarray(velocities, dtype=np.float64))
-        if velocities.shape != targets.shape or not np.all(np.isfinite(velocities)):
-            raise ValueError(f"velocities must be finite with the targets' shape {targets.shape}, got {velocities.shape}")
-    joint_span = profile.follower_joint.open - profile.follower_joint.close
-    durations = [seconds_to_duration(float(t)) for t in times]
-    trajectories = []
-    for arm_index, arm in enumerate(profile.arms):
-        part = targets[:, profile.arm_slice(arm_index)].copy()
-        part[:, -1] = profile.follower_joint.denormalize(part[:, -1])
-        part_velocity = None
-        if velocities is not None:
-            part_velocity = velocities[:, profile.arm_slice(arm_index)].copy()
-            part_velocity[:, -1] *= joint_span
-        msg = JointTrajectory(header=make_header(stamp), joint_names=list(profile.command_joint_names(arm)))
-        for i, duration in enumerate(durations):
-            point = JointTrajectoryPoint(positions=part[i].tolist(), time_from_start=duration)
-            if part_velocity is not None:
-                point.velocities = part_velocity[i].tolist()
-            msg.points.append(point)
-        trajectories.append(msg)
-    return trajectories
 
 
 def trajectory_to_arm_targets(profile: RobotProfile, arm: ArmSpec, msg: Any) -> tuple[np.ndarray, np.ndarray]:

@@ -21,10 +21,10 @@ from diagnostic_msgs.msg import DiagnosticArray
 from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import Bool, Float32
 from std_srvs.srv import SetBool, Trigger
-from trajectory_msgs.msg import JointTrajectory
 
 from vla_ros.robot.profile import load_profile
 from vla_ros.ros import convert
+from vla_ros.ros.command_interfaces import CommandLog
 from vla_ros.ros.qos import image_qos
 from vla_ros.ros.processes import NodeProcess, Probe, module_command, ros_context
 from vla_ros.sim.collect import TASK_TEXT
@@ -155,7 +155,8 @@ class SimSession:
         self.success_msgs = self.probe.subscribe(Bool, "/sim_node/success")
         self.reward_msgs = self.probe.subscribe(Float32, "/sim_node/reward")
         self.joint_msgs = self.probe.subscribe(JointState, self.profile.arms[0].joint_states_topic)
-        self.command_msgs = self.probe.subscribe(JointTrajectory, self.profile.arms[0].command_topic)
+        self.command_log = CommandLog(self.probe.node, self.profile)
+        self.command_msgs = self.command_log.messages[self.profile.arms[0].arm_command_topic]
         self.diagnostic_msgs = self.probe.subscribe(DiagnosticArray, "/diagnostics")
         compressed = self.config.compressed_images
         self.image_msgs = (self.probe.subscribe(CompressedImage if compressed else Image,

@@ -25,12 +25,13 @@ from rclpy.node import Node
 from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import Bool, String
 from std_srvs.srv import SetBool, Trigger
-from trajectory_msgs.msg import JointTrajectory
 
 from vla_ros.control.controller import Controller, ControllerConfig
 from vla_ros.robot import decode
 from vla_ros.robot.profile import ProfileError, load_profile
 from vla_ros.ros import convert
+from vla_ros.ros.command_interfaces import make_sender
+from vla_ros.ros.follower_setup import FollowerSetupError, run_follower_setup
 from vla_ros.ros.params import ParameterError, ParamSpec, declare_parameters
 from vla_ros.ros.qos import image_qos, latest_state_qos, state_qos
 from vla_ros.ros.node_main import run_node
@@ -44,7 +45,11 @@ PARAMETERS = (
     ParamSpec("torch_threads", 1, "CPU threads for torch; more threads thrash when other processes share the cores",
               minimum=1, maximum=256),
     ParamSpec("deterministic", False, "zero initial noise: reproducible chunks (replay comparisons)"),
-    ParamSpec("dry_run", False, "publish trajectories on ~/dry_run/<arm>/joint_trajectory instead of the arms"),
+    ParamSpec("dry_run", False, "publish commands under ~/dry_run/<the driver's topic> instead of to the arms"),
+    ParamSpec("follower_setup", True, "interbotix interface: before arming, do the ALOHA scripts' follower setup "
+              "through each xs_sdk's services (reboot the gripper, arm in position mode, gripper in "
+              "current_based_position mode, torque on); ignored by the other interfaces and in dry runs"),
+    ParamSpec("follower_setup_timeout", 5.0, "seconds to wait for each follower setup service", minimum=0.1),
     ParamSpec("control_rate_hz", 0.0, "control rate in Hz; 0 = the profile's", minimum=0.0, maximum=1000.0),
     ParamSpec("replan_period", 0.1, "seconds between policy calls (a chunk covers horizon * dt)", minimum=0.0, maximum=10.0),
     ParamSpec("image_transport", "raw", "camera message type", choices=("raw", "compressed")),
@@ -132,10 +137,8 @@ class PolicyNode(Node):
         self.create_service(SetBool, "~/enable", self._on_enable)
         self.create_service(Trigger, "~/reset_estop", self._on_reset_estop)
 
-        self.command_publishers = []
-        for arm in self.profile.arms:
-            topic = f"~/dry_run/{arm.name}/joint_trajectory" if self.params["dry_run"] else arm.command_topic
-            self.command_publishers.append(self.create_publisher(JointTrajectory, topic, state_qos()))
+        prefix = f"{self.get_fully_qualified_name()}/dry_run" if self.params["dry_run"] else ""
+        self.sender = make_sender(self, self.profile, self.dt, prefix)
         self.diagnostics_publisher = self.create_publisher(DiagnosticArray, "/diagnostics", state_qos())
         self.create_timer(self.dt, self._on_tick)
         self.create_timer(self.params["diagnostics_period"], self._publish_diagnostics)
@@ -143,6 +146,14 @@ class PolicyNode(Node):
         self._stop = threading.Event()
         self._worker = threading.Thread(target=self._inference_loop, name="policy_inference", daemon=True)
         self._worker.start()
+        self.setup_error = ""
+        self.setup_done = threading.Event()
+        if (self.params["follower_setup"] and self.profile.command_interface == "interbotix"
+                and not self.params["dry_run"]):
+            self.setup_error = "follower setup in progress"
+            threading.Thread(target=self._follower_setup, name="follower_setup", daemon=True).start()
+        else:
+            self.setup_done.set()
         self.get_logger().info(
             f"ready (DISARMED): profile {self.profile.name}, checkpoint '{self.params['checkpoint']}', "
             f"{rate:g} Hz, cameras {list(self.profile.camera_names)}, dry_run={self.params['dry_run']}; "
@@ -173,6 +184,18 @@ class PolicyNode(Node):
             self.load_error = f"{type(exc).__name__}: {exc}"
             self.get_logger().error(f"policy not loaded, the node will refuse to arm: {self.load_error}")
             return None
+
+    def _follower_setup(self) -> None:
+        """The ALOHA scripts' follower setup; arming waits for it (see follower_setup.py)."""
+        try:
+            run_follower_setup(self, self.profile, self.params["follower_setup_timeout"], self._stop)
+        except FollowerSetupError as exc:
+            self.setup_error = f"follower setup failed: {exc}"
+            self.get_logger().error(f"{self.setup_error}; the node will refuse to arm")
+            return
+        self.setup_error = ""
+        self.setup_done.set()
+        self.get_logger().info("follower setup done: arms in position mode, grippers in current_based_position, torque on")
 
     # --- inputs -----------------------------------------------------------------------------
 
@@ -256,10 +279,7 @@ class PolicyNode(Node):
             self._publish_diagnostics()  # operators see a hold or fault when it happens
         if result.command is None:
             return
-        stamp = convert.seconds_to_time(now)
-        for publisher, msg in zip(self.command_publishers,
-                                  convert.targets_to_trajectories(self.profile, result.command, stamp, times=[self.dt])):
-            publisher.publish(msg)
+        self.sender.send(result.command)
         self.commands_published += 1
 
     def _inference_loop(self) -> None:
@@ -301,6 +321,9 @@ class PolicyNode(Node):
             return response
         if self.runtime is None:
             response.success, response.message = False, f"refusing to arm: policy not loaded: {self.load_error}"
+            return response
+        if not self.setup_done.is_set():
+            response.success, response.message = False, f"refusing to arm: {self.setup_error}"
             return response
         measured, joint_stamps, camera_stamps, _ = self._snapshot()
         now = self._now()
@@ -344,6 +367,8 @@ class PolicyNode(Node):
         values.update({
             "policy_loaded": self.runtime is not None,
             "load_error": self.load_error,
+            "command_interface": self.profile.command_interface,
+            "follower_setup": "done" if self.setup_done.is_set() else self.setup_error,
             "instruction": self.instruction,
             "commands_published": self.commands_published,
             "inference_ms_p50": _percentile(self.inference_ms, 50),
@@ -386,7 +411,7 @@ class PolicyNode(Node):
 def main(argv: list[str] | None = None) -> int:
     # One thread spins callbacks (rclpy's MultiThreadedExecutor stalled the 50 Hz timer by
     # 45-550 ms p99 here, the single-threaded one by ~2 ms); inference has its own thread.
-    return run_node("policy_node", PolicyNode, (ParameterError, ProfileError), argv)
+    return run_node("policy_node", PolicyNode, (ParameterError, ProfileError, ImportError), argv)
 
 
 if __name__ == "__main__":

@@ -6,8 +6,10 @@ service) it never sends a motion command. Every control period (50 Hz) it publis
 arms' JointState on the profile's leader topics, in the 9-name layout of the real leaders (the
 gripper JOINT angle derived from the normalised command through ``profile.leader_joint``, so that
 recorder_node's leader decoding recovers the command), and while an episode plays it sends the
-same command to the follower as a JointTrajectory on the profile's command topics, as a real
-teleoperation setup makes the follower follow the leader.
+same command to the follower on the profile's command interface (vla_ros.ros.command_interfaces),
+as a real teleoperation setup makes the follower follow the leader. With the interbotix interface
+the first ~/start first performs the follower setup through the driver's services, as the ALOHA
+scripts do.
 
 ~/start (std_srvs/Trigger) resets the simulation through its reset service and plays the scripted
 demonstration for the cube of the episode the simulation reset to: sim_node's episode k uses seed
@@ -31,10 +33,11 @@ from rclpy.node import Node
 from sensor_msgs.msg import JointState
 from std_msgs.msg import Bool
 from std_srvs.srv import Trigger
-from trajectory_msgs.msg import JointTrajectory
 
 from vla_ros.robot.profile import ArmSpec, ProfileError, RobotProfile, load_profile
 from vla_ros.ros import convert
+from vla_ros.ros.command_interfaces import make_sender
+from vla_ros.ros.follower_setup import FollowerSetupError, run_follower_setup
 from vla_ros.ros.params import ParameterError, ParamSpec, declare_parameters
 from vla_ros.ros.qos import state_qos
 from vla_ros.sim.aloha_sim import ACTION_DIM, SIM_DT
@@ -56,6 +59,8 @@ PARAMETERS = (
               minimum=0, maximum=100000),
     ParamSpec("mirror_finger_joint", "right_finger", "name of the leader's second finger joint in the "
               "published JointState (its position is minus the finger's)"),
+    ParamSpec("follower_setup", True, "interbotix interface: before the first episode, do the ALOHA scripts' "
+              "follower setup through the drivers' services (see policy_node)"),
 )
 
 
@@ -98,8 +103,8 @@ class ScriptedLeaderNode(Node):
         self.episodes_played = 0
         self.leader_pubs = [self.create_publisher(JointState, arm.leader_joint_states_topic, state_qos())
                             for arm in self.profile.arms]
-        self.command_pubs = [self.create_publisher(JointTrajectory, arm.command_topic, state_qos())
-                             for arm in self.profile.arms]
+        self.sender = make_sender(self, self.profile, self.profile.dt)
+        self.setup_needed = self.params["follower_setup"] and self.profile.command_interface == "interbotix"
         self.done_pub = self.create_publisher(Bool, "~/done", state_qos())
         # ~/start waits for the reset reply while the control timer keeps publishing.
         self.reset_client = self.create_client(Trigger, self.params["sim_reset_service"],
@@ -143,9 +148,12 @@ class ScriptedLeaderNode(Node):
                                 "wait for ~/done")
             return response
         try:
+            if self.setup_needed:
+                run_follower_setup(self, self.profile, self.params["reset_timeout"])
+                self.setup_needed = False
             episode, seed = self.reset_simulation()
             leader = ScriptedLeader.from_seed(seed)
-        except (RuntimeError, ValueError) as exc:
+        except (RuntimeError, ValueError, FollowerSetupError) as exc:
             response.success, response.message = False, f"cannot start: {exc}"
             self.get_logger().error(response.message)
             return response
@@ -171,9 +179,7 @@ class ScriptedLeaderNode(Node):
         playback = self.playback
         if playback is not None:
             self.command = playback.leader.action_at(playback.step)
-            for pub, msg in zip(self.command_pubs, convert.targets_to_trajectories(
-                    self.profile, self.command, times=[self.profile.dt])):
-                pub.publish(msg)
+            self.sender.send(self.command)
         for index, (arm, pub) in enumerate(zip(self.profile.arms, self.leader_pubs)):
             pub.publish(leader_joint_state(self.profile, arm, self.command[self.profile.arm_slice(index)],
                                            stamp, self.params["mirror_finger_joint"]))
@@ -187,7 +193,7 @@ class ScriptedLeaderNode(Node):
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_node("scripted_leader", ScriptedLeaderNode, (ParameterError, ProfileError, ValueError), argv,
+    return run_node("scripted_leader", ScriptedLeaderNode, (ParameterError, ProfileError, ValueError, ImportError), argv,
                     make_executor=lambda: MultiThreadedExecutor(num_threads=3))
 
 

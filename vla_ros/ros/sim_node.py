@@ -2,14 +2,17 @@
 
 Publishes each follower's JointState in the ALOHA ROS 2 stack's 9-name layout, the cameras the
 simulation renders on the profile's camera topics, the task reward and success, /diagnostics,
-and /clock when stepping as fast as possible. Follows JointTrajectory commands on the profile's
-command topics the way a joint_trajectory_controller would: interpolating from the state at
-receipt through the points, then holding the last point until the next command. Bad commands
-are reported, counted and ignored; the simulation keeps running.
-
-Trajectories start when they are received (header stamps are ignored): the sender's clock may
-be wall time while the simulation runs on its own /clock. Positions are interpolated linearly;
-point velocities are not used.
+and /clock when stepping as fast as possible. Takes commands on the robot profile's command
+interface exactly as its real receiver does (vla_ros.ros.command_interfaces):
+- interbotix: xs_sdk's joint_group and joint_single commands, and its reboot_motors,
+  set_operating_modes and torque_enable services; goals apply at once, are held until the next
+  one and carry no stamps; the gripper starts in the stock configs' linear_position mode, so
+  radian gripper goals are refused until the follower setup has run;
+- ros2_control / trajectory: a joint_trajectory_controller's validation; a trajectory starts at
+  its stamp (zero: on receipt), interpolates linearly from where the arm is through its points
+  (point velocities unused) and holds its last point.
+Everything the real receiver refuses is counted, logged and ignored, and goals outside the URDF
+limits are ignored as the servo firmware ignores them; the simulation keeps running.
 """
 
 from __future__ import annotations
@@ -25,10 +28,11 @@ from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import Bool, Float32
 from std_srvs.srv import Trigger
-from trajectory_msgs.msg import JointTrajectory
 
 from vla_ros.robot.profile import ProfileError, load_profile
 from vla_ros.ros import convert
+from vla_ros.ros.command_interfaces import InterbotixDriverState, JointGoal, make_receiver
+from vla_ros.ros.follower_setup import InterbotixDriverServices
 from vla_ros.ros.params import ParameterError, ParamSpec, declare_parameters
 from vla_ros.ros.qos import RELIABILITIES, image_qos, state_qos
 from vla_ros.sim.aloha_sim import ACTION_DIM, SIM_CAMERA_FOR_PROFILE_CAMERA, SIM_DT, TASKS, AlohaSim
@@ -55,27 +59,29 @@ PARAMETERS = (
               "published JointState (its position is minus the finger's)"),
     ParamSpec("diagnostics_period", 1.0, "seconds of wall time between /diagnostics messages",
               minimum=0.05, maximum=60.0),
+    ParamSpec("gripper_operating_mode", "linear_position", "interbotix interface: the grippers' operating mode "
+              "at start (the stock ALOHA follower configs: linear_position, which refuses radian goals until "
+              "the follower setup sets current_based_position)",
+              choices=("linear_position", "current_based_position", "position")),
 )
 
 
 @dataclass
-class ArmPlan:
-    """A received trajectory for one arm, on the simulation clock."""
+class JointPlan:
+    """One joint's accepted goal on the simulation clock: knots at start_time + knot_times."""
 
     start_time: float
-    knot_times: np.ndarray  # (K,) seconds from start_time
-    knots: np.ndarray  # (K, joints_per_arm)
+    knot_times: np.ndarray
+    knots: np.ndarray
 
     @classmethod
-    def from_trajectory(cls, start_time: float, current: np.ndarray, times: np.ndarray, targets: np.ndarray):
-        if times[0] > 0:  # interpolate from where the arm is to the first point
-            times = np.concatenate([[0.0], times])
-            targets = np.vstack([current, targets])
+    def from_goal(cls, start_time: float, current: float, times: np.ndarray, targets: np.ndarray):
+        if times[0] > 0:  # interpolate from where the joint is to the first point
+            times, targets = np.concatenate([[0.0], times]), np.concatenate([[current], targets])
         return cls(start_time, times, targets)
 
-    def sample(self, now: float) -> np.ndarray:
-        elapsed = now - self.start_time
-        return np.array([np.interp(elapsed, self.knot_times, self.knots[:, j]) for j in range(self.knots.shape[1])])
+    def sample(self, now: float) -> float:
+        return float(np.interp(now - self.start_time, self.knot_times, self.knots))
 
 
 class SimNode(Node):
@@ -122,9 +128,13 @@ class SimNode(Node):
         self.success_pub = self.create_publisher(Bool, "~/success", state_qos())
         self.diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", state_qos())
         self.clock_pub = None if self.real_time else self.create_publisher(Clock, "/clock", state_qos())
-        for index, arm in enumerate(self.profile.arms):
-            self.create_subscription(JointTrajectory, arm.command_topic,
-                                     lambda msg, i=index: self.on_command(i, msg), state_qos())
+        self.driver_state = None
+        if self.profile.command_interface == "interbotix":
+            self.driver_state = InterbotixDriverState(self.profile, self.params["gripper_operating_mode"])
+            InterbotixDriverServices(self, self.profile, self.driver_state)
+        make_receiver(self, self.profile, self.on_goal, self.on_reject,
+                      now=lambda: self.get_clock().now().nanoseconds * 1e-9, start_time=lambda: self.clock_time,
+                      driver_state=self.driver_state)
         self.create_service(Trigger, "~/reset", self.on_reset)
         self.next_diagnostics = time.monotonic()
         self.reset_episode()
@@ -136,7 +146,7 @@ class SimNode(Node):
         seed = self.params["seed"] + self.episode
         self.observation = self.sim.reset(seed)
         self.held = self.observation["qpos"].copy()
-        self.plans: list[ArmPlan | None] = [None] * len(self.profile.arms)
+        self.plans: list[JointPlan | None] = [None] * self.profile.action_dim
         self.reward, self.success = 0.0, False
         self.get_logger().info(f"episode {self.episode} ({self.params['task']}, seed {seed})")
         return seed
@@ -150,32 +160,24 @@ class SimNode(Node):
         response.success, response.message = True, f"episode {self.episode} seed {seed}"
         return response
 
-    def on_command(self, arm_index: int, msg: JointTrajectory) -> None:
-        arm = self.profile.arms[arm_index]
-        try:
-            times, targets = convert.trajectory_to_arm_targets(self.profile, arm, msg)
-            part = self.profile.arm_slice(arm_index)
-            lower, upper = self.profile.position_lower[part], self.profile.position_upper[part]
-            outside = np.argwhere((targets < lower - 1e-9) | (targets > upper + 1e-9))
-            if outside.size:
-                point, joint = outside[0]
-                raise ValueError(
-                    f"point {point} joint {self.profile.vector_names[part][joint]} = {targets[point, joint]:.4f} "
-                    f"is outside the limits [{lower[joint]:.4f}, {upper[joint]:.4f}] (gripper normalised)")
-        except Exception as exc:  # any malformed message is reported and ignored
-            self.rejected_commands += 1
-            self.last_rejection = f"{arm.command_topic}: {exc}"
-            self.get_logger().warning(f"ignored command: {self.last_rejection}")
-            return
-        current = self.observation["qpos"][self.profile.arm_slice(arm_index)]
-        self.plans[arm_index] = ArmPlan.from_trajectory(self.clock_time, current, times, targets)
+    def on_goal(self, goal: JointGoal) -> None:
+        base = self.profile.arm_slice(goal.arm_index).start
+        for k, joint in enumerate(goal.joints):
+            index = base + joint
+            self.plans[index] = JointPlan.from_goal(goal.start, float(self.observation["qpos"][index]),
+                                                    goal.times, goal.targets[:, k])
         self.accepted_commands += 1
 
+    def on_reject(self, topic: str, reason: str) -> None:
+        self.rejected_commands += 1
+        self.last_rejection = f"{topic}: {reason}"
+        self.get_logger().warning(f"ignored command: {self.last_rejection}", throttle_duration_sec=1.0)
+
     def action(self) -> np.ndarray:
-        """The 14 joint targets for this step: the arms' plans, or what each arm last held."""
+        """The 14 joint targets for this step: each joint's plan, or what it last held."""
         for index, plan in enumerate(self.plans):
             if plan is not None:
-                self.held[self.profile.arm_slice(index)] = plan.sample(self.clock_time)
+                self.held[index] = plan.sample(self.clock_time)
         return self.held.copy()
 
     # --- stepping and publishing ----------------------------------------------------------
@@ -230,8 +232,11 @@ class SimNode(Node):
             ("episode", self.episode), ("steps", self.steps), ("sim_time", f"{self.clock_time:.2f}"),
             ("reward", self.reward), ("success", self.success),
             ("accepted_commands", self.accepted_commands), ("rejected_commands", self.rejected_commands),
+            ("last_rejection", self.last_rejection), ("command_interface", self.profile.command_interface),
             ("sim_errors", self.sim_errors), ("overruns", self.overruns),
             ("real_time", self.real_time))]
+        if self.driver_state is not None:
+            status.values.append(KeyValue(key="driver_modes", value=str(self.driver_state.modes)))
         self.diagnostics_pub.publish(DiagnosticArray(header=convert.make_header(stamp), status=[status]))
 
     def run(self, executor) -> None:
@@ -260,7 +265,7 @@ class SimNode(Node):
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_node("sim_node", SimNode, (ParameterError, ProfileError, ValueError), argv,
+    return run_node("sim_node", SimNode, (ParameterError, ProfileError, ValueError, ImportError), argv,
                     spin=lambda node, executor: node.run(executor))
 
 
