@@ -1,6 +1,7 @@
 """Training chunks never pair frames across a gap left by dropped frames (issue 19, item 5)."""
 
 import numpy as np
+import pytest
 import torch
 
 from vla_ros.data.lerobot import LeRobotDataset, LeRobotWriter
@@ -28,10 +29,10 @@ def test_chunks_stop_at_a_timestamp_gap(tmp_path):
     assert is_pad.tolist() == [False, False, True, True] and actions[:, 0].tolist() == [50, 60, 60, 60]
 
 
-def write_frames_dataset(root, episodes=(7, 5)):
+def write_frames_dataset(root, episodes=(7, 5), task="task"):
     with LeRobotWriter(root, FPS, "test", ["a", "b"], ["a", "b"], {"cam": (24, 32), "wrist": (16, 16)}) as writer:
         for ep, length in enumerate(episodes):
-            writer.start_episode(f"task {ep}")
+            writer.start_episode(f"{task} {ep}")
             for i in range(length):
                 rng = np.random.default_rng([ep, i])
                 writer.add_frame([ep, i], [i, ep], {"cam": rng.integers(0, 256, (24, 32, 3), dtype=np.uint8),
@@ -87,3 +88,42 @@ def test_training_benchmark_reports_streaming_throughput_and_peak_memory(tmp_pat
     assert large["data_samples_per_s"] > 0 and 0 < large["peak_rss_gb"] < 4
     assert bench_train.main(argv) == 0  # a second run reuses the datasets and the caches
     assert not json.loads(capsys.readouterr().out)["data"]["large"]["cache_built_now"]
+
+
+def test_augmented_batches_are_reproducible_and_leave_the_rest_alone(tmp_path):
+    from vla_ros.policy.augment import ImageAugment
+
+    dataset = write_frames_dataset(tmp_path / "ds")
+    plain = DatasetSamples(dataset, [0, 1], ["cam", "wrist"], 3, (12, 12))
+    augmented = DatasetSamples(dataset, [0, 1], ["cam", "wrist"], 3, (12, 12), augment=ImageAugment())
+    a, b = plain.batch_for_step(4, 6, seed=2), augmented.batch_for_step(4, 6, seed=2)
+    assert not torch.equal(a["images"], b["images"])
+    assert torch.equal(a["state"], b["state"]) and torch.equal(a["actions"], b["actions"])
+    assert torch.equal(b["images"], augmented.batch_for_step(4, 6, seed=2)["images"])
+
+
+def test_mixed_datasets_are_drawn_by_weight(tmp_path):
+    from vla_ros.policy.batches import MixedSamples
+
+    big = DatasetSamples(write_frames_dataset(tmp_path / "big", (30, 30, 30), "big"), [0, 1, 2], ["cam"], 3, (8, 8))
+    small = DatasetSamples(write_frames_dataset(tmp_path / "small", (4,), "small"), [0], ["cam"], 3, (8, 8))
+    mixed = MixedSamples([big, small], [1, 3])
+    assert mixed.num_frames == 94 and len(mixed.episodes) == 4
+    tasks = [t for step in range(40) for t in mixed.batch_for_step(step, 16, seed=0)["instruction"]]
+    # small gives 3/4 of the samples although it holds 4 of the 94 frames
+    assert 0.68 < tasks.count("small 0") / len(tasks) < 0.82
+    batch = mixed.batch_for_step(0, 16, seed=0)
+    assert batch["images"].shape == (16, 1, 8, 8, 3) and batch["actions"].shape == (16, 3, 2)
+    again = mixed.batch_for_step(0, 16, seed=0)
+    assert torch.equal(batch["images"], again["images"]) and batch["instruction"] == again["instruction"]
+    for row, task in enumerate(batch["instruction"]):  # each row holds its own dataset's sample
+        source = small if task == "small 0" else big
+        frame = int(batch["state"][row, 1])  # the writer stored [episode, frame] as the state
+        episode = int(task.split()[1])
+        offset = sum(len(e.state) for e in source.episodes[:episode])
+        assert torch.equal(batch["images"][row], source.collate([offset + frame])["images"][0])
+    with pytest.raises(ValueError, match="one finite weight"):
+        MixedSamples([big, small], [1, -1])
+    other = DatasetSamples(write_frames_dataset(tmp_path / "other", (4,)), [0], ["cam"], 3, (12, 12))
+    with pytest.raises(ValueError, match="share cameras, image size"):
+        MixedSamples([big, other])

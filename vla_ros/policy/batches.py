@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from vla_ros.data.lerobot import DatasetError, LeRobotDataset
+from vla_ros.policy.augment import ImageAugment
 from vla_ros.policy.crop import check_region, crop_frames
 from vla_ros.policy.frame_cache import FrameCache
 
@@ -73,15 +74,34 @@ class EpisodeArrays:
     slots: np.ndarray | None = None  # (T,) frame periods since the first frame; None = consecutive
 
 
-class DatasetSamples:
+class _Batches:
+    """The endless, prefetched batch stream of anything with batch_for_step(step, size, seed, rank)."""
+
+    def batches(self, batch_size: int, seed: int, rank: int = 0, start_step: int = 0) -> Iterator[dict]:
+        """batch_for_step(start_step), (start_step + 1), ...; each next batch is collated on a
+        background thread while the caller uses the current one (reads and copies release the GIL)."""
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="collate") as pool:
+            pending = pool.submit(self.batch_for_step, start_step, batch_size, seed, rank)
+            step = start_step
+            while True:
+                batch = pending.result()
+                step += 1
+                pending = pool.submit(self.batch_for_step, step, batch_size, seed, rank)
+                yield batch
+
+
+class DatasetSamples(_Batches):
     """Episodes of a LeRobotDataset (frames in memory, or in a frame cache on disk), sampled into
     training batches."""
 
     def __init__(self, dataset: LeRobotDataset, episodes: Sequence[int], cameras: Sequence[str],
                  horizon: int, image_size: tuple[int, int],
                  max_memory_bytes: int = DEFAULT_MAX_MEMORY_BYTES, state_noise_std: float = 0.0,
-                 crops: Mapping[str, Sequence[float]] | None = None, cache_dir=None):
+                 crops: Mapping[str, Sequence[float]] | None = None, cache_dir=None,
+                 augment: ImageAugment | None = None):
         """crops: camera -> region of interest (vla_ros.policy.crop), cut before the resize.
+
+        augment: random image augmentation of every training batch (vla_ros.policy.augment).
 
         max_memory_bytes: frames beyond this budget are streamed from a frame cache on disk
         (in ``cache_dir``, default vla_ros.policy.frame_cache.default_cache_root()).
@@ -95,6 +115,7 @@ class DatasetSamples:
         if not (np.isfinite(state_noise_std) and state_noise_std >= 0.0):
             raise ValueError(f"state_noise_std must be a finite number >= 0, got {state_noise_std!r}")
         self.state_noise_std = float(state_noise_std)
+        self.augment = augment
         missing = [c for c in cameras if c not in dataset.cameras]
         if missing:
             raise DatasetError(f"{dataset.root}: cameras {missing} are not in the dataset (it has {dataset.cameras})")
@@ -175,20 +196,59 @@ class DatasetSamples:
         """A uniformly random batch that depends only on (seed, rank, step): a resumed run draws
         exactly the batches the uninterrupted one would have, and DDP ranks draw different ones."""
         rng = np.random.default_rng([seed, rank, step])
-        batch = self.collate(rng.integers(0, self.num_frames, size=batch_size))
+        return self.perturb(self.collate(rng.integers(0, self.num_frames, size=batch_size)), rng)
+
+    def perturb(self, batch: dict, rng: np.random.Generator) -> dict:
+        """State noise and image augmentation, as configured, drawn from ``rng``."""
         if self.state_noise_std > 0.0:
             noise = rng.normal(0.0, self.state_noise_std, size=batch["state"].shape)
             batch["state"] = batch["state"] + torch.from_numpy(noise.astype(np.float32))
+        if self.augment is not None:
+            generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
+            batch["images"] = self.augment.apply(batch["images"], self.cameras, generator)
         return batch
 
-    def batches(self, batch_size: int, seed: int, rank: int = 0, start_step: int = 0) -> Iterator[dict]:
-        """batch_for_step(start_step), (start_step + 1), ...; each next batch is collated on a
-        background thread while the caller uses the current one (reads and copies release the GIL)."""
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="collate") as pool:
-            pending = pool.submit(self.batch_for_step, start_step, batch_size, seed, rank)
-            step = start_step
-            while True:
-                batch = pending.result()
-                step += 1
-                pending = pool.submit(self.batch_for_step, step, batch_size, seed, rank)
-                yield batch
+
+class MixedSamples(_Batches):
+    """Several datasets in one run: each sample comes from dataset i with probability weights[i]
+    (normalised), whatever the datasets' sizes, then from a uniformly random frame of it. Each
+    part keeps its own state noise and augmentation settings."""
+
+    def __init__(self, parts: Sequence[DatasetSamples], weights: Sequence[float] | None = None):
+        if not parts:
+            raise ValueError("no datasets to mix")
+        weights = np.ones(len(parts)) if weights is None else np.asarray(weights, dtype=np.float64)
+        if weights.shape != (len(parts),) or not np.all(np.isfinite(weights)) or np.any(weights < 0) \
+                or weights.sum() <= 0:
+            raise ValueError(f"need one finite weight >= 0 per dataset ({len(parts)}), not all zero; got {weights.tolist()}")
+        first = parts[0]
+        for part in parts[1:]:
+            if (part.cameras, part.image_size, part.horizon) != (first.cameras, first.image_size, first.horizon) or \
+                    part.episodes[0].state.shape[1] != first.episodes[0].state.shape[1] or \
+                    part.episodes[0].action.shape[1] != first.episodes[0].action.shape[1]:
+                raise ValueError("mixed datasets must share cameras, image size, horizon and state/action dims")
+        self.parts = list(parts)
+        self.weights = weights / weights.sum()
+        self.cameras, self.image_size, self.horizon = first.cameras, first.image_size, first.horizon
+        self.episodes = [e for part in self.parts for e in part.episodes]
+        self.num_frames = sum(part.num_frames for part in self.parts)
+        self.memory_bytes = sum(part.memory_bytes for part in self.parts)
+
+    def batch_for_step(self, step: int, batch_size: int, seed: int, rank: int = 0) -> dict:
+        """Like DatasetSamples.batch_for_step: depends only on (seed, rank, step)."""
+        rng = np.random.default_rng([seed, rank, step])
+        sources = rng.choice(len(self.parts), size=batch_size, p=self.weights)
+        frames = np.array([rng.integers(0, self.parts[i].num_frames) for i in sources], dtype=np.int64)
+        batch: dict = {"instruction": [""] * batch_size}
+        for i, part in enumerate(self.parts):
+            rows = np.flatnonzero(sources == i)
+            if not len(rows):
+                continue
+            sub = part.perturb(part.collate(frames[rows]), rng)
+            for key in ("images", "state", "actions", "action_is_pad"):
+                if key not in batch:
+                    batch[key] = torch.empty((batch_size, *sub[key].shape[1:]), dtype=sub[key].dtype)
+                batch[key][torch.from_numpy(rows)] = sub[key]
+            for row, text in zip(rows, sub["instruction"]):
+                batch["instruction"][row] = text
+        return batch
