@@ -435,12 +435,14 @@ class VLMBackbone(nn.Module):
             if not isinstance(module, LoraLayer):
                 continue
             base = f"{prefix}{name}."
+            weight = merged.pop(f"{base}base_layer.weight")
+            # From the state's tensors, not the module's: under FSDP the module holds only a shard.
+            delta = sum(module.scaling[adapter] * (merged[f"{base}lora_B.{adapter}.weight"].float()
+                                                   @ merged[f"{base}lora_A.{adapter}.weight"].float())
+                        for adapter in module.active_adapters)
             for key in [k for k in merged if k.startswith(base) and "lora_" in k]:
                 del merged[key]
-            weight = merged.pop(f"{base}base_layer.weight")
-            with torch.no_grad():
-                delta = sum(module.get_delta_weight(adapter) for adapter in module.active_adapters)
-            merged[f"{base}weight"] = weight + delta.to(weight.dtype)
+            merged[f"{base}weight"] = (weight.float() + delta).to(weight.dtype)
             if f"{base}base_layer.bias" in merged:
                 merged[f"{base}bias"] = merged.pop(f"{base}base_layer.bias")
         return merged

@@ -49,8 +49,10 @@ class CheckpointError(ValueError):
     """A checkpoint directory that is missing, incomplete, corrupt or does not fit the robot."""
 
 
-def write_checkpoint_files(policy: VLAPolicy, directory: str | os.PathLike) -> None:
+def write_checkpoint_files(policy: VLAPolicy, directory: str | os.PathLike,
+                           state: dict[str, torch.Tensor] | None = None) -> None:
     """Write the checkpoint files into `directory` (created if needed; not atomic by itself).
+    `state`: the policy's full weights when the module holds only a shard of them (FSDP).
 
     Matches the Trainer's `save_fn(model, directory)`, which already stages into a temporary
     directory; use `save_checkpoint` everywhere else."""
@@ -60,23 +62,25 @@ def write_checkpoint_files(policy: VLAPolicy, directory: str | os.PathLike) -> N
     (directory / CONFIG_FILE).write_text(json.dumps(config, indent=1))
     policy.stats.save(directory / STATS_FILE)
     policy.backbone.save_assets(directory / BACKBONE_DIR)
-    if policy.backbone.has_lora:
-        state = policy.backbone.merged_state_dict(policy.state_dict(), prefix="backbone.")
+    if state is not None or policy.backbone.has_lora:
+        state = policy.backbone.merged_state_dict(state or policy.state_dict(), prefix="backbone.")
         save_file({name: tensor.contiguous() for name, tensor in state.items()}, str(directory / WEIGHTS_FILE),
                   metadata={"format": "pt"})
     else:
         save_model(policy, str(directory / WEIGHTS_FILE), metadata={"format": "pt"})
 
 
-def save_checkpoint(policy: VLAPolicy, directory: str | os.PathLike, overwrite: bool = False) -> Path:
-    """Write `policy` as a checkpoint directory (atomically; replaces DIR only if overwrite)."""
+def save_checkpoint(policy: VLAPolicy, directory: str | os.PathLike, overwrite: bool = False,
+                    state: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write `policy` as a checkpoint directory (atomically; replaces DIR only if overwrite);
+    `state` as in write_checkpoint_files."""
     directory = Path(directory)
     if directory.exists() and not overwrite:
         raise CheckpointError(f"{directory}: already exists (pass overwrite=True to replace it)")
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
     try:
-        write_checkpoint_files(policy, staging)
+        write_checkpoint_files(policy, staging, state)
         if directory.exists():
             retired = Path(tempfile.mkdtemp(prefix=f".{directory.name}.old-", dir=directory.parent))
             os.replace(directory, retired / directory.name)

@@ -305,12 +305,28 @@ class _Local(nn.Module):
 
 
 class TrainablePolicy(nn.Module):
-    """The Trainer's model: the policy's loss (through DDP when distributed) and its groups."""
+    """The Trainer's model: the policy's loss (through DDP or FSDP when distributed) and its groups.
 
-    def __init__(self, policy: VLAPolicy, distributed: bool, device: torch.device):
+    FSDP (torch's fully_shard) shards every transformer layer of the backbone, then the rest, over
+    all processes: each holds 1/world of the weights, gradients, optimiser and EMA state, which is
+    what lets a model whose training state does not fit one GPU train at all."""
+
+    def __init__(self, policy: VLAPolicy, distributed: bool, device: torch.device, strategy: str = "ddp"):
         super().__init__()
         loss = _PolicyLoss(policy.to(device))
-        if distributed:
+        self.sharded = distributed and strategy == "fsdp"
+        if self.sharded:
+            from torch.distributed.device_mesh import init_device_mesh
+            from torch.distributed.fsdp import fully_shard
+            from transformers.modeling_layers import GradientCheckpointingLayer
+
+            mesh = init_device_mesh(device.type, (dist.get_world_size(),))
+            for module in policy.backbone.modules():
+                if isinstance(module, GradientCheckpointingLayer):  # transformers' decoder/encoder layers
+                    fully_shard(module, mesh=mesh)
+            fully_shard(loss, mesh=mesh)
+            self.runner = _Local(loss)
+        elif distributed:
             # static_graph: the same parameters (e.g. the vision tower's unused pooling head) go
             # without gradients on every step, which DDP must be told.
             ids = [device.index] if device.type == "cuda" else None
@@ -322,6 +338,21 @@ class TrainablePolicy(nn.Module):
     def policy(self) -> VLAPolicy:
         return self.runner.module.policy
 
+    def full_state(self) -> dict[str, torch.Tensor] | None:
+        """Under FSDP, the policy's whole state dict gathered on rank 0 (a collective: every rank
+        calls it; the others get an empty dict). None when the policy's modules hold everything."""
+        if not self.sharded:
+            return None
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        state = get_model_state_dict(self.runner.module, options=StateDictOptions(full_state_dict=True,
+                                                                                  cpu_offload=True))
+        return {name.removeprefix("policy."): tensor for name, tensor in state.items()}
+
+    def local_parameters(self) -> int:
+        """Parameter values this process holds (all of them unless sharded)."""
+        return sum(p.to_local().numel() if hasattr(p, "to_local") else p.numel() for p in self.policy.parameters())
+
     def compute_loss(self, batch: dict, generator: torch.Generator | None = None) -> torch.Tensor:
         return self.runner(batch, generator)
 
@@ -330,8 +361,11 @@ class TrainablePolicy(nn.Module):
 
 
 def save_policy_checkpoint(model: TrainablePolicy, directory: Path) -> None:
-    """Trainer save_fn: every periodic checkpoint is itself a loadable policy checkpoint."""
-    save_checkpoint(model.policy, directory, overwrite=True)
+    """Trainer save_fn: every periodic checkpoint is itself a loadable policy checkpoint. Under
+    FSDP every rank saves (the gather is a collective) but only rank 0 writes the policy."""
+    state = model.full_state()
+    if state is None or dist.get_rank() == 0:
+        save_checkpoint(model.policy, directory, overwrite=True, state=state)
 
 
 def _distributed_setup(requested: str) -> tuple[int, int, torch.device]:
@@ -389,16 +423,21 @@ def run(args, config: dict) -> dict:
     rank, world, device = _distributed_setup(train_config.device)
     train_config.device = str(device)
     scratch = None
+    sharded = world > 1 and train_config.distributed == "fsdp"
+    if sharded and args.resume:
+        raise TrainSetupError("--resume is not supported with train.distributed: fsdp yet (its trainer state is "
+                              "sharded per process); resume with ddp or start a new run")
     if rank == 0:
         trainer_dir = output
     else:
         scratch = tempfile.mkdtemp(prefix="vla-ros-train-rank")
         trainer_dir = Path(scratch)
-        train_config.checkpoint_interval = 0
+        if not sharded:  # under FSDP every rank takes part in gathering the weights of a checkpoint
+            train_config.checkpoint_interval = 0
         train_config.seed += rank
     created = not output.exists()
     try:
-        model = TrainablePolicy(prepared.policy, world > 1, device)
+        model = TrainablePolicy(prepared.policy, world > 1, device, train_config.distributed)
         trainer = Trainer(model, train_config, trainer_dir, save_fn=save_policy_checkpoint)
         resume_from = None
         if args.resume and rank == 0:
@@ -419,11 +458,13 @@ def run(args, config: dict) -> dict:
         batches = prepared.samples.batches(train_config.batch_size, prepared.config["train"]["seed"], rank,
                                            start_step=trainer.step)
         records = trainer.fit(batches, steps=train_config.total_steps, progress=rank == 0 and not args.quiet)
-        in_sync = _ranks_agree(model.policy, world)
+        in_sync = None if sharded else _ranks_agree(model.policy, world)  # FSDP: one model, sharded
         final = None
+        with trainer.ema_weights():
+            state = model.full_state()
+            if rank == 0:
+                final = save_checkpoint(model.policy, output / POLICY_DIR, overwrite=True, state=state)
         if rank == 0:
-            with trainer.ema_weights():
-                final = save_checkpoint(model.policy, output / POLICY_DIR, overwrite=True)
             _tensorboard(records, output / "tensorboard")
         if world > 1:
             dist.barrier()
@@ -437,7 +478,10 @@ def run(args, config: dict) -> dict:
     last = records[-1] if records else {}
     return {"checkpoint": str(final) if final else None, "steps": trainer.step, "loss": last.get("loss"),
             "samples_per_s": last.get("samples_per_s"), "log": str(output / LOG_FILE), "rank": rank,
-            "world_size": world, "ranks_in_sync": in_sync}
+            "world_size": world, "ranks_in_sync": in_sync,
+            "distributed": train_config.distributed if world > 1 else None,
+            "parameters": sum(p.numel() for p in model.policy.parameters()),  # a DTensor counts all its values
+            "parameters_on_this_rank": model.local_parameters()}
 
 
 def main(argv: list[str]) -> int:

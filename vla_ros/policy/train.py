@@ -59,6 +59,7 @@ class TrainConfig:
     checkpoint_interval: int = 1000  # 0 disables periodic checkpoints
     keep_checkpoints: int = 2  # 0 keeps all
     bf16: bool = True  # autocast to bfloat16 when training on CUDA
+    distributed: str = "ddp"  # under torchrun: "ddp" (replicas) or "fsdp" (torch's fully_shard: sharded state)
     device: str = "auto"  # "auto" = cuda when available, else cpu
 
     def __post_init__(self) -> None:
@@ -77,6 +78,7 @@ class TrainConfig:
             (self.log_interval >= 1, "log_interval must be >= 1"),
             (self.checkpoint_interval >= 0, "checkpoint_interval must be >= 0"),
             (self.keep_checkpoints >= 0, "keep_checkpoints must be >= 0"),
+            (self.distributed in ("ddp", "fsdp"), "distributed must be 'ddp' or 'fsdp'"),
         ]
         for ok, message in checks:
             if not ok:
