@@ -446,3 +446,24 @@ def _lora_tiny():
     policy = build_random_policy("tiny", PROFILE)
     policy.backbone.add_lora(2, 32.0)
     return policy
+
+
+def test_training_stores_frames_at_the_size_the_padded_fit_resizes_them_to(model_dirs):
+    from types import SimpleNamespace
+
+    from vla_ros.policy.finetune import TrainSetupError, working_image_size
+
+    policy = _policy(model_dirs, "smolvlm")
+    policy.backbone.image_fit = ImageFit(mode="pad")
+    dataset = SimpleNamespace(features={"observation.images.cam_high": {"shape": [240, 320, 3]}})
+    assert working_image_size(dataset, policy, {}, None) == (24, 32)  # 32 on the long side, 3:4 kept
+    assert working_image_size(dataset, policy, {"cam_high": (0.0, 0.0, 1.0, 0.375)}, None) == (32, 16)
+    assert working_image_size(dataset, policy, {}, 20) == (20, 20)  # data.image_size wins
+    policy.backbone.image_fit = ImageFit()
+    assert working_image_size(dataset, policy, {}, None) == (32, 32)
+    two = _policy(model_dirs, "smolvlm")
+    two.config.camera_keys = ("cam_high", "cam_low")
+    two.backbone.image_fit = ImageFit(mode="pad")
+    dataset.features["observation.images.cam_low"] = {"shape": [240, 240, 3]}
+    with pytest.raises(TrainSetupError, match="different sizes"):
+        working_image_size(dataset, two, {}, None)
