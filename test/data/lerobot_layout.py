@@ -14,6 +14,8 @@ tag v0.4.4: utils.py, lerobot_dataset.py, compute_stats.py, video_utils.py):
   ``stats/<feature>/<min|max|mean|std|count|q01|q10|q50|q90|q99>``; one metadata file per
   recording session.
 - state/action names optionally in the dict form older ALOHA datasets use: {"motors": [...]}.
+- optionally cameras stored as "image" features (LeRobot's use_videos=False): PNG bytes in the
+  data parquet as {bytes, path} structs, no video.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import av
+import cv2
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -66,7 +69,7 @@ def episodes_schema(features: dict) -> pa.Schema:
                    (f"videos/{key}/from_timestamp", pa.float64()), (f"videos/{key}/to_timestamp", pa.float64())]
     for key, feature in features.items():
         for stat in STAT_KEYS:
-            if feature["dtype"] == "video":
+            if feature["dtype"] in ("video", "image"):
                 value = pa.int64() if stat == "count" else pa.list_(pa.list_(pa.float64()))
             elif stat == "count" or (stat in ("min", "max") and feature["dtype"] == "int64"):
                 value = pa.int64()
@@ -151,7 +154,8 @@ def packed(groups: list[int], chunks_size: int) -> list[tuple[int, int]]:
 
 def write_dataset(root: Path, *, fps: int, tasks: list[str], episode_tasks: list[int], lengths: list[int],
                   state: callable, image: callable, cameras: dict[str, tuple[int, int]], names: list[str],
-                  layout: Layout, chunks_size: int, vcodec: str = "libsvtav1", dict_names: bool = False) -> None:
+                  layout: Layout, chunks_size: int, vcodec: str = "libsvtav1", dict_names: bool = False,
+                  image_cameras: dict[str, tuple[int, int]] | None = None) -> None:
     """Write a LeRobot-layout dataset; ``state(ep, i)`` gives the state (the action is its negative),
     ``image(cam, ep, i)`` the frame."""
     root.mkdir(parents=True)
@@ -167,6 +171,9 @@ def write_dataset(root: Path, *, fps: int, tasks: list[str], episode_tasks: list
             "info": {"video.height": h, "video.width": w, "video.codec": "av1" if vcodec == "libsvtav1" else "h264",
                      "video.pix_fmt": "yuv420p", "video.is_depth_map": False, "video.fps": fps,
                      "video.channels": 3, "has_audio": False}}
+    for cam, (h, w) in (image_cameras or {}).items():
+        features[f"observation.images.{cam}"] = {"dtype": "image", "shape": [h, w, 3],
+                                                 "names": ["height", "width", "channels"]}
     for key, dtype in INDEX_FEATURES.items():
         features[key] = {"dtype": dtype, "shape": [1], "names": None}
 
@@ -180,10 +187,17 @@ def write_dataset(root: Path, *, fps: int, tasks: list[str], episode_tasks: list
             "episode_index": np.full(length, ep), "index": first + frame_index,
             "task_index": np.full(length, episode_tasks[ep]),
         }
-        data_tables.setdefault(layout.data_files[ep], []).append(pa.table({
-            k: pa.FixedSizeListArray.from_arrays(pa.array(v.reshape(-1)), dim) if v.ndim == 2 else pa.array(v)
-            for k, v in columns.items()}))
         ep_stats = {}
+        table = {k: pa.FixedSizeListArray.from_arrays(pa.array(v.reshape(-1)), dim) if v.ndim == 2 else pa.array(v)
+                 for k, v in columns.items()}
+        for cam in image_cameras or {}:
+            frames = np.stack([image(cam, ep, i) for i in frame_index])
+            ep_stats[f"observation.images.{cam}"] = image_stats(frames)
+            table[f"observation.images.{cam}"] = pa.array(
+                [{"bytes": cv2.imencode(".png", cv2.cvtColor(f, cv2.COLOR_RGB2BGR))[1].tobytes(),
+                  "path": f"frame_{i:06d}.png"} for i, f in enumerate(frames)],
+                pa.struct([("bytes", pa.binary()), ("path", pa.string())]))
+        data_tables.setdefault(layout.data_files[ep], []).append(pa.table(table))
         video_meta = {}
         for cam in cameras:
             key = f"observation.images.{cam}"

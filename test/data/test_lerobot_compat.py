@@ -105,6 +105,39 @@ def test_reads_every_frame_of_a_lerobot_written_dataset(av1_dataset, profile):
     np.testing.assert_array_equal(frame.images["cam_high"], reference["cam_high"][2][4])
 
 
+def test_reads_cameras_stored_as_images_in_the_data_files(tmp_path, profile):
+    """LeRobot's use_videos=False: PNG frames inside the parquet rows, beside a video camera."""
+    def frame(cam, episode, i):
+        return np.random.default_rng([episode, i, len(cam)]).integers(0, 256, (24, 32, 3), dtype=np.uint8) \
+            if cam == "cam_right_wrist" else image(cam, episode, i)
+
+    root = tmp_path / "ds"
+    write_dataset(root, fps=FPS, tasks=TASKS, episode_tasks=[0, 1], lengths=[5, 4], state=state, image=frame,
+                  cameras={"cam_high": (64, 96)}, image_cameras={"cam_right_wrist": (24, 32)},
+                  names=list(profile.vector_names), layout=Layout(packed([2], 1000), packed([2], 1000),
+                                                                  packed([2], 1000)),
+                  chunks_size=1000, vcodec="libx264")
+    ds = LeRobotDataset(root)
+    assert ds.cameras == ["cam_high", "cam_right_wrist"]
+    ds.validate()
+    for ep in range(2):
+        for i, f in enumerate(ds.iter_frames(ep)):
+            np.testing.assert_array_equal(f.images["cam_right_wrist"], frame("cam_right_wrist", ep, i))  # lossless
+        np.testing.assert_array_equal(ds.video_frames(ep, "cam_right_wrist")[2], frame("cam_right_wrist", ep, 2))
+    np.testing.assert_array_equal(ds[5 + 3].images["cam_right_wrist"], frame("cam_right_wrist", 1, 3))
+    assert ds.frame_source(1, "cam_right_wrist").name == "file-000.parquet"
+    with pytest.raises(DatasetError, match="stored as images"):
+        ds.video_path(0, "cam_right_wrist")
+
+    import torch
+    from vla_ros.policy.batches import DatasetSamples
+    in_memory = DatasetSamples(ds, [0, 1], ["cam_right_wrist", "cam_high"], 2, (24, 32))
+    streamed = DatasetSamples(ds, [0, 1], ["cam_right_wrist", "cam_high"], 2, (24, 32), max_memory_bytes=0,
+                              cache_dir=tmp_path / "cache")
+    batch = streamed.batch_for_step(0, 6, seed=0)
+    assert torch.equal(batch["images"], in_memory.batch_for_step(0, 6, seed=0)["images"])
+
+
 def test_names_that_differ_are_still_refused(tmp_path, profile):
     root = tmp_path / "ds"
     swapped = list(profile.vector_names)

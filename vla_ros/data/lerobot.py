@@ -978,8 +978,10 @@ class LeRobotDataset:
         for key in (STATE_KEY, ACTION_KEY):
             self.features[key] = {**self.features[key],
                                   "names": flat_names(self.features[key].get("names"), self.root / INFO_PATH, key)}
-        self.camera_keys = [k for k, v in self.features.items() if v.get("dtype") == "video"]
+        self.camera_keys = [k for k, v in self.features.items() if v.get("dtype") in ("video", "image")]
         self.cameras = [k[len(IMAGE_PREFIX):] if k.startswith(IMAGE_PREFIX) else k for k in self.camera_keys]
+        # LeRobot's "image" features (use_videos=False): PNG bytes in the data parquet, no video
+        self._image_keys = {k for k in self.camera_keys if self.features[k]["dtype"] == "image"}
         self._episodes = self._load_episodes()
         self.tasks = read_tasks(self.root / TASKS_PATH) if (self.root / TASKS_PATH).exists() else []
         self._data_cache: tuple[Path, pa.Table] | None = None
@@ -992,7 +994,7 @@ class LeRobotDataset:
             raise DatasetError(f"{self.root / 'meta/episodes'}: no episode metadata parquet files")
         rows: list[dict] = []
         required = list(REQUIRED_EPISODE_COLUMNS) + [
-            f"videos/{k}/{f}" for k in self.camera_keys for f in VIDEO_EPISODE_FIELDS]
+            f"videos/{k}/{f}" for k in self.camera_keys if k not in self._image_keys for f in VIDEO_EPISODE_FIELDS]
         for path in files:
             table = _read_table(path)
             missing = [c for c in required if c not in table.column_names]
@@ -1054,14 +1056,15 @@ class LeRobotDataset:
             chunk_index=row["data/chunk_index"], file_index=row["data/file_index"])
         if self._data_cache is None or self._data_cache[0] != path:
             table = _read_table(path)
-            required = [STATE_KEY, ACTION_KEY, *INDEX_COLUMNS]
+            required = [STATE_KEY, ACTION_KEY, *INDEX_COLUMNS, *sorted(self._image_keys)]
             missing = [c for c in required if c not in table.column_names]
             if missing:
                 raise DatasetError(f"{path}: missing columns {missing}")
             self._data_cache = (path, table)
         return self._data_cache
 
-    def episode(self, index: int) -> Episode:
+    def _episode_rows(self, index: int) -> tuple[Path, pa.Table]:
+        """The data file and the table rows of one episode."""
         row = self.episode_meta(index)
         path, table = self._data_table(row)
         global_index = table.column("index").to_numpy()
@@ -1071,6 +1074,39 @@ class LeRobotDataset:
                 part.column("index").to_numpy(), np.arange(row["dataset_from_index"], row["dataset_to_index"])):
             raise DatasetError(f"{path}: rows for episode {index} (index {row['dataset_from_index']}.."
                                f"{row['dataset_to_index'] - 1}) are missing or out of order")
+        return path, part
+
+    def _decode_images(self, path: Path, column: pa.ChunkedArray, camera: str) -> Iterator[np.ndarray]:
+        """RGB frames from a LeRobot image column ({bytes, path} structs; PNG bytes, or a file)."""
+        for i, cell in enumerate(column.to_pylist()):
+            data = (cell or {}).get("bytes")
+            if data is None and (cell or {}).get("path"):
+                try:
+                    data = (self.root / cell["path"]).read_bytes()
+                except OSError as err:
+                    raise DatasetError(f"{path}: camera {camera!r} row {i}: image file unreadable ({err})") from None
+            image = None if data is None else cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+            if image is None:
+                raise DatasetError(f"{path}: camera {camera!r} row {i}: missing or undecodable image")
+            yield cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+    def frame_source(self, index: int, camera: str) -> Path:
+        """The file that holds one episode's frames of ``camera``: its mp4, or for image features
+        the data parquet."""
+        if camera_key(camera) in self._image_keys:
+            return self._episode_rows(index)[0]
+        return self.video_path(index, camera)[0]
+
+    def _camera_frames(self, index: int, camera: str) -> tuple[Path, Iterator[np.ndarray]]:
+        if camera_key(camera) in self._image_keys:
+            path, part = self._episode_rows(index)
+            return path, self._decode_images(path, part.column(camera_key(camera)), camera)
+        path, start, end = self.video_path(index, camera)
+        return path, decode_video(path, start, end, self.fps)
+
+    def episode(self, index: int) -> Episode:
+        row = self.episode_meta(index)
+        path, part = self._episode_rows(index)
         arrays = {}
         for key in (STATE_KEY, ACTION_KEY):
             (dim,) = self.features[key]["shape"]
@@ -1096,6 +1132,8 @@ class LeRobotDataset:
         key = camera_key(camera)
         if key not in self.camera_keys:
             raise KeyError(f"no camera {camera!r} (dataset has {self.cameras})")
+        if key in self._image_keys:
+            raise DatasetError(f"{self.root}: camera {camera!r} is stored as images in the data files, not as video")
         path = self.root / self.info["video_path"].format(
             video_key=key, chunk_index=row[f"videos/{key}/chunk_index"], file_index=row[f"videos/{key}/file_index"])
         if not path.is_file():
@@ -1104,21 +1142,21 @@ class LeRobotDataset:
 
     def video_frames(self, index: int, camera: str) -> np.ndarray:
         """All frames of one episode's camera, (N, H, W, 3) uint8; N checked against the table."""
-        path, start, end = self.video_path(index, camera)
-        frames = list(decode_video(path, start, end, self.fps))
+        path, source = self._camera_frames(index, camera)
+        frames = list(source)
         expected = self.episode_meta(index)["length"]
         if len(frames) != expected:
-            raise DatasetError(f"{path}: {len(frames)} frames in [{start:.3f}, {end:.3f}) s for episode {index}, "
+            row = self.episode_meta(index)
+            key = f"videos/{camera_key(camera)}"
+            raise DatasetError(f"{path}: {len(frames)} frames in [{row[key + '/from_timestamp']:.3f}, "
+                               f"{row[key + '/to_timestamp']:.3f}) s for episode {index}, "
                                f"but the table has {expected} rows")
         return np.stack(frames)
 
     def iter_frames(self, index: int) -> Iterator[Frame]:
         """The episode frame by frame, decoding every camera in step with the table."""
         ep = self.episode(index)
-        streams = {}
-        for cam in self.cameras:
-            path, start, end = self.video_path(index, cam)
-            streams[cam] = (path, decode_video(path, start, end, self.fps))
+        streams = {cam: self._camera_frames(index, cam) for cam in self.cameras}
         for i in range(len(ep)):
             images = {}
             for cam, (path, frames) in streams.items():
@@ -1145,6 +1183,10 @@ class LeRobotDataset:
         i = index - self._episodes[ep_index]["dataset_from_index"]
         images = {}
         for cam in self.cameras:
+            if camera_key(cam) in self._image_keys:
+                path, part = self._episode_rows(ep_index)
+                images[cam] = next(self._decode_images(path, part.column(camera_key(cam)).slice(i, 1), cam))
+                continue
             path, start, _ = self.video_path(ep_index, cam)
             t = start + float(ep.timestamps[i])
             image = next(decode_video(path, t, t + 1.0 / self.fps, self.fps), None)
@@ -1166,7 +1208,7 @@ class LeRobotDataset:
                     or np.any(np.diff(np.round(slots)) < 1)):
                 raise DatasetError(f"episode {index}: timestamps are not increasing multiples of 1/fps from 0")
             for cam in self.cameras:
-                if decode_videos:
+                if decode_videos or camera_key(cam) in self._image_keys:
                     self.video_frames(index, cam)
                     continue
                 path, start, end = self.video_path(index, cam)

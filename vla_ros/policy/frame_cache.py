@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vla_ros.data.lerobot import DatasetError, LeRobotDataset
+from vla_ros.data.lerobot import DatasetError, LeRobotDataset, camera_key
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +51,10 @@ def _fingerprint(dataset: LeRobotDataset, episodes: Sequence[int], cameras: Sequ
         row = dataset.episode_meta(index)
         videos = []
         for cam in cameras:
-            path, start, end = dataset.video_path(index, cam)
+            path = dataset.frame_source(index, cam)
             stat = path.stat()
-            videos.append([str(path), start, end, stat.st_size, stat.st_mtime_ns])
+            where = {k: v for k, v in row.items() if k.startswith(f"videos/{camera_key(cam)}/")}
+            videos.append([str(path), stat.st_size, stat.st_mtime_ns, where])
         parts["episodes"].append([index, row["length"], row["dataset_from_index"], videos])
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
 
