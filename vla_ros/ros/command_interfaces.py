@@ -221,9 +221,11 @@ class Receiver:
     def __init__(self, node, profile: RobotProfile, on_goal: Callable[[JointGoal], None],
                  on_reject: Callable[[str, str], None], now: Callable[[], float],
                  start_time: Callable[[], float], topic_prefix: str = "",
-                 on_message: Callable[[str, object], None] | None = None):
+                 on_message: Callable[[str, object], None] | None = None, depth: int = 1):
         self.profile, self.on_goal, self.on_reject = profile, on_goal, on_reject
         self.now, self.start_time, self.on_message = now, start_time, on_message
+        self.qos = command_qos()
+        self.qos.depth = depth
         self._subscribe(node, topic_prefix)
 
     def _subscribe(self, node, prefix: str) -> None:
@@ -278,10 +280,10 @@ class InterbotixReceiver(Receiver):
             group_topic, single_topic = prefix + arm.arm_command_topic, prefix + arm.gripper_command_topic
             node.create_subscription(JointGroupCommand, group_topic,
                                      lambda msg, i=index, t=group_topic: self._handle(t, msg, lambda: self._group(i, msg)),
-                                     command_qos())
+                                     self.qos)
             node.create_subscription(JointSingleCommand, single_topic,
                                      lambda msg, i=index, t=single_topic: self._handle(t, msg, lambda: self._single(i, msg)),
-                                     command_qos())
+                                     self.qos)
 
     def _group(self, arm_index: int, msg) -> JointGoal:
         joints = self.driver.group_joints(msg.name)
@@ -359,10 +361,10 @@ class Ros2ControlReceiver(Receiver):
             arm_topic, gripper_topic = prefix + arm.arm_command_topic, prefix + arm.gripper_command_topic
             node.create_subscription(JointTrajectory, arm_topic,
                                      lambda msg, i=index, t=arm_topic: self._handle(t, msg, lambda: self._arm(i, msg)),
-                                     command_qos())
+                                     self.qos)
             node.create_subscription(JointTrajectory, gripper_topic,
                                      lambda msg, i=index, t=gripper_topic: self._handle(t, msg, lambda: self._gripper(i, msg)),
-                                     command_qos())
+                                     self.qos)
 
     def _arm(self, arm_index, msg):
         joints = tuple(range(len(self.profile.arm_joints)))
@@ -380,7 +382,7 @@ class TrajectoryReceiver(Receiver):
             topic = prefix + arm.arm_command_topic
             node.create_subscription(JointTrajectory, topic,
                                      lambda msg, i=index, t=topic: self._handle(t, msg, lambda: self._trajectory(i, msg)),
-                                     command_qos())
+                                     self.qos)
 
     def _trajectory(self, arm_index, msg):
         arm = self.profile.arms[arm_index]
@@ -390,20 +392,22 @@ class TrajectoryReceiver(Receiver):
 
 
 def make_receiver(node, profile: RobotProfile, on_goal, on_reject, now, start_time, topic_prefix: str = "",
-                  driver_state: InterbotixDriverState | None = None, on_message=None) -> Receiver:
+                  driver_state: InterbotixDriverState | None = None, on_message=None, depth: int = 1) -> Receiver:
+    """The receiver for the profile's interface. depth 1 as the drivers (only the newest goal
+    counts); a recorder that must see every message asks for more."""
     if profile.command_interface == "interbotix":
         return InterbotixReceiver(node, profile, on_goal, on_reject, now, start_time, topic_prefix, on_message,
-                                  driver_state=driver_state or InterbotixDriverState(profile))
+                                  depth, driver_state=driver_state or InterbotixDriverState(profile))
     cls = Ros2ControlReceiver if profile.command_interface == "ros2_control" else TrajectoryReceiver
-    return cls(node, profile, on_goal, on_reject, now, start_time, topic_prefix, on_message)
+    return cls(node, profile, on_goal, on_reject, now, start_time, topic_prefix, on_message, depth)
 
 
 class CommandLog:
     """Records what a node sends on the profile's command interface, decoded as its receiver
     decodes it (tests, benchmarks, simulated episodes). ``pose`` is the latest commanded
     normalised 14-vector (first point of a trajectory; NaN until commanded); ``arm_commands[i]``
-    holds (receipt time on the node's clock, arm i's 7 entries) for every arm-joint command of arm i
-    once its gripper has been commanded too;
+    holds (receipt time on the node's clock, arm i's 7 entries) for every command of arm i (one
+    per control tick: recorded when its gripper goal, the last of the tick, arrives);
     ``messages[topic]`` the raw messages; ``rejections`` what the real receiver would refuse."""
 
     def __init__(self, node, profile: RobotProfile, topic_prefix: str = ""):
@@ -418,14 +422,15 @@ class CommandLog:
             node, profile, self._on_goal, lambda topic, reason: self.rejections.append((topic, reason)),
             now=lambda: clock.now().nanoseconds * 1e-9, start_time=time.monotonic, topic_prefix=topic_prefix,
             driver_state=InterbotixDriverState(profile, "current_based_position"),
-            on_message=lambda topic, msg: self.messages[topic].append(msg))
+            on_message=lambda topic, msg: self.messages[topic].append(msg), depth=1000)
 
     def _on_goal(self, goal: JointGoal) -> None:
         part = self.profile.arm_slice(goal.arm_index)
         arm_pose = self.pose[part]
         arm_pose[list(goal.joints)] = goal.targets[0]
         self.pose[part] = arm_pose
-        if 0 in goal.joints and np.all(np.isfinite(arm_pose)):  # the arm and its gripper commanded
+        # Senders command the gripper last in each tick: its goal completes the arm's command.
+        if self.profile.joints_per_arm - 1 in goal.joints and np.all(np.isfinite(arm_pose)):
             self.arm_commands[goal.arm_index].append((self.clock.now().nanoseconds * 1e-9, arm_pose.copy()))
 
     def counts(self) -> list[int]:

@@ -148,10 +148,10 @@ class ScriptedLeaderNode(Node):
                                 "wait for ~/done")
             return response
         try:
+            episode, seed = self.reset_simulation()  # first: only a simulation answers it
             if self.setup_needed:
                 run_follower_setup(self, self.profile, self.params["reset_timeout"])
                 self.setup_needed = False
-            episode, seed = self.reset_simulation()
             leader = ScriptedLeader.from_seed(seed)
         except (RuntimeError, ValueError, FollowerSetupError) as exc:
             response.success, response.message = False, f"cannot start: {exc}"
