@@ -46,6 +46,8 @@ PARAMETERS = (
               minimum=1, maximum=256),
     ParamSpec("deterministic", False, "zero initial noise: reproducible chunks (replay comparisons)"),
     ParamSpec("dry_run", False, "publish commands under ~/dry_run/<the driver's topic> instead of to the arms"),
+    ParamSpec("command_namespace", "", "prefix for the command topics: '' sends to the driver's own topics; "
+              "robot.launch.py sets arm_guard's input namespace so that the guard is the last hop"),
     ParamSpec("follower_setup", True, "interbotix interface: before arming, do the ALOHA scripts' follower setup "
               "through each xs_sdk's services (reboot the gripper, arm in position mode, gripper in "
               "current_based_position mode, torque on); ignored by the other interfaces and in dry runs"),
@@ -137,7 +139,11 @@ class PolicyNode(Node):
         self.create_service(SetBool, "~/enable", self._on_enable)
         self.create_service(Trigger, "~/reset_estop", self._on_reset_estop)
 
-        prefix = f"{self.get_fully_qualified_name()}/dry_run" if self.params["dry_run"] else ""
+        namespace = self.params["command_namespace"]
+        if namespace and (not namespace.startswith("/") or namespace.endswith("/") or " " in namespace):
+            raise ParameterError(f"parameter 'command_namespace' must be '' or an absolute namespace such as "
+                                 f"'/arm_guard/in', got {namespace!r}")
+        prefix = f"{self.get_fully_qualified_name()}/dry_run" if self.params["dry_run"] else namespace
         self.sender = make_sender(self, self.profile, self.dt, prefix)
         self.diagnostics_publisher = self.create_publisher(DiagnosticArray, "/diagnostics", state_qos())
         self.create_timer(self.dt, self._on_tick)

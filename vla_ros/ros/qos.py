@@ -45,3 +45,13 @@ def latest_state_qos(reliability: str = "best_effort") -> QoSProfile:
 def state_qos(depth: int = DEFAULT_STATE_DEPTH) -> QoSProfile:
     """Joint states and commands: reliable, small messages."""
     return qos_profile("reliable", depth)
+
+
+# The e-stop every vla_ros node that commands arms listens to. Transient local, so that a node
+# started after the stop was pressed still sees it; reliable, depth 1 (the newest state counts).
+ESTOP_TOPIC = "/vla_ros/estop"
+
+
+def estop_qos() -> QoSProfile:
+    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                      durability=DurabilityPolicy.TRANSIENT_LOCAL)
