@@ -127,3 +127,20 @@ def test_mixed_datasets_are_drawn_by_weight(tmp_path):
     other = DatasetSamples(write_frames_dataset(tmp_path / "other", (4,)), [0], ["cam"], 3, (12, 12))
     with pytest.raises(ValueError, match="share cameras, image size"):
         MixedSamples([big, other])
+
+
+def test_a_short_video_fails_the_cache_build_cleanly(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from vla_ros.data.lerobot import DatasetError
+
+    dataset = write_frames_dataset(tmp_path / "ds")
+    path = tmp_path / "ds/meta/episodes/chunk-000/file-000.parquet"
+    rows = pq.read_table(path).to_pylist()
+    rows[1]["videos/observation.images.cam/to_timestamp"] = 3 / FPS  # 3 of its 5 frames
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    with pytest.raises(DatasetError, match="3 frames of camera 'cam' for episode 1, but the table has 5 rows"):
+        DatasetSamples(LeRobotDataset(dataset.root), [0, 1], ["cam"], 3, (8, 8), max_memory_bytes=0,
+                       cache_dir=tmp_path / "cache")
+    assert [p.name for p in (tmp_path / "cache").iterdir() if not p.name.endswith(".lock")] == []

@@ -1097,7 +1097,8 @@ class LeRobotDataset:
             return self._episode_rows(index)[0]
         return self.video_path(index, camera)[0]
 
-    def _camera_frames(self, index: int, camera: str) -> tuple[Path, Iterator[np.ndarray]]:
+    def camera_frames(self, index: int, camera: str) -> tuple[Path, Iterator[np.ndarray]]:
+        """(source file, iterator over one episode's RGB frames of ``camera``), decoded as they go."""
         if camera_key(camera) in self._image_keys:
             path, part = self._episode_rows(index)
             return path, self._decode_images(path, part.column(camera_key(camera)), camera)
@@ -1142,7 +1143,7 @@ class LeRobotDataset:
 
     def video_frames(self, index: int, camera: str) -> np.ndarray:
         """All frames of one episode's camera, (N, H, W, 3) uint8; N checked against the table."""
-        path, source = self._camera_frames(index, camera)
+        path, source = self.camera_frames(index, camera)
         frames = list(source)
         expected = self.episode_meta(index)["length"]
         if len(frames) != expected:
@@ -1156,7 +1157,7 @@ class LeRobotDataset:
     def iter_frames(self, index: int) -> Iterator[Frame]:
         """The episode frame by frame, decoding every camera in step with the table."""
         ep = self.episode(index)
-        streams = {cam: self._camera_frames(index, cam) for cam in self.cameras}
+        streams = {cam: self.camera_frames(index, cam) for cam in self.cameras}
         for i in range(len(ep)):
             images = {}
             for cam, (path, frames) in streams.items():

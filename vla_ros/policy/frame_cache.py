@@ -33,6 +33,7 @@ from vla_ros.data.lerobot import DatasetError, LeRobotDataset, camera_key
 log = logging.getLogger(__name__)
 
 CACHE_VERSION = 1
+BUILD_CHUNK = 256  # frames decoded and resized at a time while building
 META_FILE = "cache.json"
 
 
@@ -101,11 +102,7 @@ class FrameCache:
             for cam in self.cameras:
                 with open(staging / f"{cam}.u8", "wb") as out:
                     for index in episodes:
-                        frames = prepare(dataset.video_frames(index, cam), cam)
-                        if frames.shape[1:] != (*self.image_size, 3) or frames.dtype != np.uint8:
-                            raise DatasetError(f"frame cache: camera {cam!r} frames came out {frames.dtype} "
-                                               f"{frames.shape[1:]}, expected uint8 {(*self.image_size, 3)}")
-                        out.write(np.ascontiguousarray(frames).tobytes())
+                        self._write_episode(out, dataset, index, cam, prepare)
                     out.flush()
                     os.fsync(out.fileno())
             (staging / META_FILE).write_text(json.dumps({
@@ -115,6 +112,26 @@ class FrameCache:
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
+
+    def _write_episode(self, out, dataset: LeRobotDataset, index: int, camera: str, prepare) -> None:
+        """Decode, prepare and write one episode's frames BUILD_CHUNK at a time (memory stays at a
+        few hundred full-size frames however long the episode)."""
+        path, frames = dataset.camera_frames(index, camera)
+        expected, written, chunk = dataset.episode_meta(index)["length"], 0, []
+        for frame in [*frames, None]:
+            if frame is not None:
+                chunk.append(frame)
+            if chunk and (frame is None or len(chunk) == BUILD_CHUNK):
+                prepared = prepare(np.stack(chunk), camera)
+                if prepared.shape[1:] != (*self.image_size, 3) or prepared.dtype != np.uint8:
+                    raise DatasetError(f"frame cache: camera {camera!r} frames came out {prepared.dtype} "
+                                       f"{prepared.shape[1:]}, expected uint8 {(*self.image_size, 3)}")
+                out.write(np.ascontiguousarray(prepared).tobytes())
+                written += len(chunk)
+                chunk = []
+        if written != expected:
+            raise DatasetError(f"{path}: {written} frames of camera {camera!r} for episode {index}, "
+                               f"but the table has {expected} rows")
 
     def read_into(self, camera: str, sample: int, out: np.ndarray) -> None:
         """Copy frame ``sample`` of ``camera`` into ``out`` (a C-contiguous (h, w, 3) uint8 array)."""
