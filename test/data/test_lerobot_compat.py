@@ -321,3 +321,43 @@ def test_gripper_outside_unit_range_is_clipped_and_counted_or_refused(tmp_path, 
         assert writer.save_episode(block=True).result().length == 1
     with pytest.raises(ValueError, match="gripper_out_of_range must be one of"):
         LeRobotWriter(tmp_path / "x", FPS, "aloha", ["a"], ["a"], {}, gripper_indices=[0], gripper_out_of_range="wrap")
+
+
+def test_episodes_appended_the_way_lerobot_resumes_read_back(own_dataset, tmp_path, profile):
+    """LeRobot's recorder, resuming a dataset, writes its episodes to the next data/video file and a
+    new meta/episodes file. Emulated here with the LeRobot-layout helper; the grafted dataset reads
+    back, and every episodes file has the same columns and types (LeRobot's reload condition)."""
+    import shutil
+
+    import pyarrow as pa
+
+    root = tmp_path / "ds"
+    shutil.copytree(own_dataset, root)
+    theirs = tmp_path / "theirs"
+    write_dataset(theirs, fps=FPS, tasks=TASKS, episode_tasks=[1], lengths=[6], state=state, image=image,
+                  cameras=CAMERAS, names=list(profile.vector_names), layout=Layout([(0, 0)], [(0, 0)], [(0, 0)]),
+                  chunks_size=1000, vcodec="libx264")
+    ours = LeRobotDataset(root)
+    first, episode = ours.num_frames, ours.num_episodes
+    data = pq.read_table(theirs / "data/chunk-000/file-000.parquet")
+    data = data.set_column(data.column_names.index("index"), "index", pa.array(first + np.arange(6)))
+    data = data.set_column(data.column_names.index("episode_index"), "episode_index", pa.array([episode] * 6))
+    pq.write_table(data, root / f"data/chunk-000/file-{episode:03d}.parquet")
+    for cam in CAMERAS:
+        shutil.copy(theirs / f"videos/observation.images.{cam}/chunk-000/file-000.mp4",
+                    root / f"videos/observation.images.{cam}/chunk-000/file-{episode:03d}.mp4")
+    (row,) = pq.read_table(theirs / "meta/episodes/chunk-000/file-000.parquet").to_pylist()
+    row |= {"episode_index": episode, "dataset_from_index": first, "dataset_to_index": first + 6,
+            "data/file_index": episode, "meta/episodes/file_index": 1}
+    row |= {f"videos/observation.images.{cam}/file_index": episode for cam in CAMERAS}
+    info = json.loads((theirs / "meta/info.json").read_text())
+    pq.write_table(pa.Table.from_pylist([row], schema=episodes_schema(info["features"])),
+                   root / "meta/episodes/chunk-000/file-001.parquet")
+
+    grafted = LeRobotDataset(root)
+    grafted.validate(decode_videos=True)
+    assert grafted.num_episodes == episode + 1 and grafted.episode(episode).task == TASKS[1]
+    np.testing.assert_array_equal(grafted.episode(episode).state[5], state(0, 5))
+    schemas = [dict(zip(t.column_names, t.schema.types)) for t in
+               (pq.read_table(p) for p in sorted((root / "meta/episodes").glob("*/*.parquet")))]
+    assert schemas[0] == schemas[1]
