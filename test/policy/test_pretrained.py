@@ -467,3 +467,16 @@ def test_training_stores_frames_at_the_size_the_padded_fit_resizes_them_to(model
     dataset.features["observation.images.cam_low"] = {"shape": [240, 240, 3]}
     with pytest.raises(TrainSetupError, match="different sizes"):
         working_image_size(dataset, two, {}, None)
+
+
+def test_an_instruction_the_tokenizer_would_lose_part_of_is_refused(model_dirs, dataset, tmp_path, capsys):
+    backbone = VLMBackbone.from_directory(model_dirs["paligemma"][0], max_text_tokens=40)
+    assert backbone.check_instruction(TASK) == len(backbone.tokenizer(TASK)["input_ids"])
+    with pytest.raises(BackboneError, match="unknown token"):
+        backbone.check_instruction("grasp the cube ★")  # not in the WordPiece alphabet: [UNK]
+    assert build_random_policy("tiny", PROFILE).backbone.check_instruction("grasp the cube ★") > 0  # bytes
+    config = write_config(tmp_path / "c.yaml", model={"max_text_tokens": 3})
+    assert train(dataset, tmp_path / "run", "--config", config, "--backbone", str(model_dirs["paligemma"][0]),
+                 "--steps", "1") == 1
+    error = capsys.readouterr().err.strip()
+    assert "over max_text_tokens 3" in error and "\n" not in error

@@ -328,6 +328,21 @@ class VLMBackbone(nn.Module):
         ids, masks = zip(*(self._tokenize_one(text) for text in texts))
         return torch.stack(ids), torch.stack(masks)
 
+    def check_instruction(self, text: str) -> int:
+        """The instruction's token count; BackboneError if the tokenizer would lose part of it:
+        words collapsed to the unknown token, or tokens cut at max_text_tokens."""
+        ids = self.tokenizer(text, add_special_tokens=True)["input_ids"]
+        unknown = self.tokenizer.unk_token_id
+        if unknown is not None and unknown in ids:
+            pieces = self.tokenizer.convert_ids_to_tokens(ids)
+            lost = [piece for piece, id_ in zip(pieces, ids) if id_ == unknown]
+            raise BackboneError(f"instruction {text!r}: the backbone's tokenizer maps {len(lost)} piece(s) to its "
+                                f"unknown token {self.tokenizer.unk_token!r}")
+        if len(ids) > self.max_text_tokens:
+            raise BackboneError(f"instruction {text!r} is {len(ids)} tokens, over max_text_tokens "
+                                f"{self.max_text_tokens}: raise model.max_text_tokens or shorten it")
+        return len(ids)
+
     def _tokenize_one(self, text: str) -> tuple[torch.Tensor, torch.Tensor]:
         if not isinstance(text, str):
             raise TypeError(f"instruction must be a str, got {type(text).__name__}")

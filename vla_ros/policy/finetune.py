@@ -269,9 +269,11 @@ class Prepared:
         stats.extra = {"source": f"dataset {self.dataset.root.resolve()}", "episodes": self.train_episodes}
         self.policy = _with_training_settings(base, stats, model, init=bool(args.init), camera_crops=crops)
         backbone_options = apply_backbone_options(self.policy, model)
+        instructions = sorted({e.task for e in self.samples.episodes})
+        token_counts = {text: self.policy.backbone.check_instruction(text) for text in instructions}
         self.policy.config.extra["training"] = {
             "dataset": str(self.dataset.root.resolve()), "train_episodes": self.train_episodes,
-            "held_out_episodes": self.held_out, "instructions": sorted({e.task for e in self.samples.episodes}),
+            "held_out_episodes": self.held_out, "instructions": instructions, "instruction_tokens": token_counts,
             "image_size": list(size), "init": str(args.init) if args.init else None,
             # The frame sizes the policy learned from: a simulator should render at these.
             "camera_image_sizes": {camera: list(self.dataset.features[camera_key(camera)]["shape"][:2])
