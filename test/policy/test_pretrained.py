@@ -153,6 +153,10 @@ def _break(model_dirs, tmp_path, how):
         PreTrainedTokenizerFast(tokenizer_object=big, unk_token="w0").save_pretrained(directory)
     elif how == "no_config":
         (directory / "config.json").unlink()
+    elif how == "foreign_processor":
+        processor = json.loads((directory / "preprocessor_config.json").read_text())
+        processor["size"] = {"height": 224, "width": 224}
+        (directory / "preprocessor_config.json").write_text(json.dumps(processor))
     return directory
 
 
@@ -163,6 +167,7 @@ def _break(model_dirs, tmp_path, how):
     ("no_tokenizer", "no tokenizer.json"),
     ("foreign_tokenizer", "do not belong together"),
     ("no_config", "no config.json"),
+    ("foreign_processor", "sizes images to 224 but the vision tower takes 32"),
 ])
 def test_missing_partial_or_mismatched_directory_is_one_line_from_the_cli(model_dirs, dataset, tmp_path, capsys,
                                                                           how, message):
@@ -173,6 +178,12 @@ def test_missing_partial_or_mismatched_directory_is_one_line_from_the_cli(model_
     assert error.startswith("vla-ros train: ") and message in error, error
     assert "\n" not in error and "Traceback" not in error
     assert not out.exists()
+
+
+def test_init_and_backbone_together_are_refused(model_dirs, dataset, tmp_path, capsys):
+    assert train(dataset, tmp_path / "run", "--backbone", str(model_dirs["paligemma"][0]),
+                 "--init", str(tmp_path / "whatever"), "--steps", "1") == 1
+    assert "--init and --backbone (model.backbone) both choose the starting weights" in capsys.readouterr().err
 
 
 # ---- item 1: what trains -----------------------------------------------------------------------

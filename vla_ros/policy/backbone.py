@@ -202,6 +202,19 @@ def read_image_normalisation(directory: Path) -> tuple[list[float], list[float]]
     return mean, std
 
 
+def read_processor_size(directory: Path) -> int | None:
+    """The square size the image processor gives one image tile: SmolVLM's max_image_size
+    longest_edge, or SigLIP's size height = width; None if the config names neither."""
+    data = json.loads((directory / PREPROCESSOR_FILE).read_text())
+    tile = data.get("max_image_size") or {}
+    if "longest_edge" in tile:
+        return int(tile["longest_edge"])
+    size = data.get("size") or {}
+    if "height" in size and size.get("height") == size.get("width"):
+        return int(size["height"])
+    return None
+
+
 class VLMBackbone(nn.Module):
     """Camera images + instruction tokens -> condition tokens (B, N, hidden) and mask (B, N)."""
 
@@ -239,6 +252,10 @@ class VLMBackbone(nn.Module):
         tokenizer = load_tokenizer(directory)
         mean, std = read_image_normalisation(directory)
         fit = image_fit or ImageFit.read(directory)
+        processor_size, vision_size = read_processor_size(directory), config.vision_config.image_size
+        if processor_size not in (None, vision_size):
+            raise BackboneError(f"{directory}: {PREPROCESSOR_FILE} sizes images to {processor_size} but the vision "
+                                f"tower takes {vision_size}: processor and model do not belong together")
         backbone = cls.from_config(config, tokenizer, mean, std, num_lm_layers, max_text_tokens, dtype,
                                    weights_dir=directory if load_weights else None, image_fit=fit)
         if load_weights:
