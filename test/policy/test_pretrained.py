@@ -283,7 +283,7 @@ def test_gradient_checkpointing_recomputes_layers_and_gives_the_same_gradients(m
 
 def test_training_yaml_keys_reach_the_backbone(model_dirs, dataset, tmp_path, capsys):
     config = write_config(tmp_path / "c.yaml", model={"backbone": str(model_dirs["smolvlm"][0]), "num_lm_layers": 1,
-                                                      "freeze": "vision", "lora": {"rank": 2},
+                                                      "freeze": "vision", "lora": {"rank": 2}, "image_fit": "pad",
                                                       "gradient_checkpointing": True,
                                                       "head": {"width": 32, "depth": 1, "heads": 2, "mlp_dim": 64}},
                           data={"held_out_episodes": 0}, train={"checkpoint_interval": 0})
@@ -294,6 +294,7 @@ def test_training_yaml_keys_reach_the_backbone(model_dirs, dataset, tmp_path, ca
     assert policy.config.backbone_family == "smolvlm" and policy.config.num_lm_layers == 1
     assert options["freeze"] == "vision" and options["lora"] == {"rank": 2, "alpha": 32.0, "dropout": 0.0}
     assert options["gradient_checkpointing"] and options["trainable_backbone_parameters"] > 0
+    assert policy.backbone.image_fit == ImageFit(mode="pad")
     bad = write_config(tmp_path / "bad.yaml", model={"backbone": str(model_dirs["smolvlm"][0]),
                                                      "freeze": "language", "lora": {"rank": 2}})
     assert train(dataset, tmp_path / "bad", "--config", bad, "--steps", "1") == 1
@@ -303,14 +304,14 @@ def test_training_yaml_keys_reach_the_backbone(model_dirs, dataset, tmp_path, ca
 # ---- image fit ---------------------------------------------------------------------------------
 
 def test_resize_with_pad_keeps_the_aspect_ratio_and_pads_with_the_fit_value(model_dirs):
-    backbone = VLMBackbone.from_directory(model_dirs["smolvlm"][0],
-                                          image_fit=ImageFit(mode="pad", pad_side="start", pad_value=-1.0))
+    backbone = VLMBackbone.from_directory(model_dirs["smolvlm"][0], image_fit=ImageFit(mode="pad", pad_pixel=0.0))
     size = backbone.image_size  # 32: a 24x40 frame becomes 19x32 content under 13 padded rows
     images = torch.randint(0, 256, (2, 24, 40, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     pixels = backbone.preprocess(images)
     assert pixels.shape == (2, 3, size, size)
     assert backbone.image_fit.fitted_size(24, 40, size) == (19, 32)
-    assert torch.all(pixels[:, :, :13, :] == -1.0)
+    black = (0.0 - backbone.image_mean) / backbone.image_std  # per channel: MEAN/STD are the directory's
+    assert torch.equal(pixels[:, :, :13, :], black.expand(2, 3, 13, size))
     content = torch.nn.functional.interpolate(images.permute(0, 3, 1, 2), size=(19, 32), mode="bilinear",
                                               antialias=True, align_corners=False)
     normalised = (content.float() / 255 - backbone.image_mean) / backbone.image_std
@@ -352,7 +353,7 @@ def test_smolvla_checkpoint_vision_language_part_becomes_the_backbone(model_dirs
     assert set(loaded) == set(expected)
     for name, tensor in expected.items():
         assert torch.equal(loaded[name], tensor), name
-    assert backbone.image_fit == ImageFit(mode="pad", pad_side="start", pad_value=-1.0)
+    assert backbone.image_fit == ImageFit(mode="pad", pad_side="start", pad_pixel=0.0)
     ids, mask = backbone.tokenize([TASK])
     assert ids[0][mask[0]].tolist() == PreTrainedTokenizerFast(tokenizer_file=str(assets / "tokenizer.json"))(
         TASK)["input_ids"]

@@ -64,17 +64,20 @@ class ImageFit:
     """How a camera frame becomes the square model input.
 
     stretch: resize to SxS (what the PaliGemma and SmolVLM processors do with one image tile).
-    pad: resize keeping the aspect ratio so that the longer side is S, then pad to SxS with
-    `pad_value` (normalised units) on the `pad_side` ("start": top/left, as LeRobot's SmolVLA
-    does; "end": bottom/right), so that frames are never distorted."""
+    pad: resize keeping the aspect ratio so that the longer side is S, then pad to SxS with pixels
+    of brightness `pad_pixel` (0 = black, 1 = white, before normalisation) on the `pad_side`
+    ("start": top/left, as LeRobot's SmolVLA and pi0 do; "end": bottom/right), so that frames are
+    never distorted."""
 
     mode: str = "stretch"
     pad_side: str = "start"
-    pad_value: float = 0.0
+    pad_pixel: float = 0.0
 
     def __post_init__(self):
-        if self.mode not in ("stretch", "pad") or self.pad_side not in ("start", "end"):
-            raise BackboneError(f"image fit needs mode stretch|pad and pad_side start|end, got {self}")
+        if (self.mode not in ("stretch", "pad") or self.pad_side not in ("start", "end")
+                or not 0.0 <= self.pad_pixel <= 1.0):
+            raise BackboneError(f"image fit needs mode stretch|pad, pad_side start|end and pad_pixel in [0, 1], "
+                                f"got {self}")
 
     @classmethod
     def read(cls, directory: Path) -> "ImageFit":
@@ -391,12 +394,12 @@ class VLMBackbone(nn.Module):
             if pixels.device.type != "cpu":
                 pixels = pixels.float()
             pixels = F.interpolate(pixels, size=fitted, mode="bilinear", align_corners=False, antialias=True)
-        normalised = (pixels.float() * (1.0 / 255.0) - self.image_mean) / self.image_std
-        if fitted == (size, size):
-            return normalised
-        rows, cols = size - fitted[0], size - fitted[1]
-        padding = (cols, 0, rows, 0) if self.image_fit.pad_side == "start" else (0, cols, 0, rows)
-        return F.pad(normalised, padding, value=self.image_fit.pad_value)
+        pixels = pixels.float() * (1.0 / 255.0)
+        if fitted != (size, size):
+            rows, cols = size - fitted[0], size - fitted[1]
+            padding = (cols, 0, rows, 0) if self.image_fit.pad_side == "start" else (0, cols, 0, rows)
+            pixels = F.pad(pixels, padding, value=self.image_fit.pad_pixel)
+        return (pixels - self.image_mean) / self.image_std
 
     # ---- forward -----------------------------------------------------------------------------
     def image_tokens(self, pixels: torch.Tensor) -> torch.Tensor:

@@ -52,7 +52,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from vla_ros.data.lerobot import DatasetError, LeRobotDataset, camera_key
-from vla_ros.policy.backbone import FREEZE_PRESETS
+from vla_ros.policy.backbone import FREEZE_PRESETS, ImageFit
 from vla_ros.policy.batches import DatasetSamples, split_episodes
 from vla_ros.policy.checkpoint import (NAMED_CONFIGS, build_pretrained_policy, build_random_policy, check_compatible,
                                        load_backbone, load_checkpoint, save_checkpoint)
@@ -71,7 +71,7 @@ DEFAULTS: dict = {
               "normalization": "mean_std", "recommended_steps": 1, "seed": 0, "camera_crops": None,
               "backbone": None, "backbone_assets": None, "num_lm_layers": None, "max_text_tokens": None,
               "head": None, "freeze": "none", "train_embeddings": False, "lora": None,
-              "gradient_checkpointing": False},
+              "gradient_checkpointing": False, "image_fit": None},
     "data": {"held_out_episodes": 0.1, "split_seed": 0, "image_size": None, "max_memory_gb": 4.0,
              "state_noise_std": 0.0},
     "train": {"lr": 3e-4, "warmup_steps": 100, "total_steps": 2000, "batch_size": 32, "ema_decay": 0.99,
@@ -135,6 +135,8 @@ def check_backbone_options(model: dict) -> None:
     for key in ("num_lm_layers", "max_text_tokens"):
         if model[key] is not None and not (isinstance(model[key], int) and model[key] >= 1):
             raise TrainSetupError(f"model.{key} must be null or a positive integer, got {model[key]!r}")
+    if model["image_fit"] not in (None, "stretch", "pad"):
+        raise TrainSetupError(f"model.image_fit must be null, stretch or pad, got {model['image_fit']!r}")
     if model["head"] is not None and not isinstance(model["head"], dict):
         raise TrainSetupError(f"model.head must be null or a mapping of head settings, got {model['head']!r}")
 
@@ -253,6 +255,8 @@ class Prepared:
         else:
             profile = load_profile(model["profile"])
             base = build_random_policy(model["config"], profile, model["cameras"], int(model["seed"]))
+        if model["image_fit"]:  # black padding on the top/left, as pi0 and SmolVLA pad
+            base.backbone.image_fit = ImageFit(mode=model["image_fit"])
         self.dataset.check_profile(profile)
         check_dataset_fits(self.dataset, base.config)
         self.train_episodes, self.held_out = split_episodes(

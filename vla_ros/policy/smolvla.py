@@ -35,7 +35,7 @@ VLM_PREFIX = "model.vlm_with_expert.vlm.model."
 WEIGHTS_FILE = "model.safetensors"
 # SmolVLA scales pixels to [-1, 1] (x * 2 - 1) after padding with black (0).
 SMOLVLA_MEAN = SMOLVLA_STD = (0.5, 0.5, 0.5)
-SMOLVLA_FIT = ImageFit(mode="pad", pad_side="start", pad_value=-1.0)
+SMOLVLA_FIT = ImageFit(mode="pad", pad_side="start", pad_pixel=0.0)
 
 
 def read_smolvla_config(directory: Path) -> dict | None:
