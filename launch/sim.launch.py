@@ -1,46 +1,71 @@
 """Simulation bringup: the MuJoCo ALOHA (sim_node) and policy_node, wired by the robot profile.
 
 ros2 launch vla_ros sim.launch.py checkpoint:=/path/to/ckpt
+
+With real_time:=false the simulator steps as fast as it can and publishes /clock; policy_node
+then runs on that clock (use_sim_time), so the two stay in step. Arguments are checked before any
+process starts (vla_ros.ros.launch_args). Add nodes in launch_setup().
 """
 
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument
+from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
+from launch_ros.parameter_descriptions import ParameterValue
 from launch_ros.substitutions import FindPackageShare
+
+from vla_ros.ros import launch_args
+
+BOOLEAN = ("true", "false")
+
+
+def launch_setup(context):
+    def arg(name):
+        return LaunchConfiguration(name).perform(context)
+
+    config = FindPackageShare("vla_ros")
+    profile = launch_args.profile(arg("profile"))
+    real_time = launch_args.boolean("real_time", arg("real_time"))
+    common = {"namespace": launch_args.namespace(arg("namespace")),
+              "remappings": launch_args.remappings(arg("remap")), "output": "screen"}
+    sim_node = Node(
+        package="vla_ros", executable="sim_node", name="sim_node", **common,
+        parameters=[
+            PathJoinSubstitution([config, "config", "sim_node.yaml"]),
+            {"profile": profile, "task": arg("task"), "real_time": real_time},
+        ],
+    )
+    policy_node = Node(
+        package="vla_ros", executable="policy_node", name="policy_node", **common,
+        parameters=[
+            PathJoinSubstitution([config, "config", "policy_node.yaml"]),
+            {
+                "profile": profile,
+                "checkpoint": launch_args.checkpoint(arg("checkpoint")),
+                # a string whatever it reads like: launch_ros would parse 'yes' or '1' as YAML
+                "instruction": ParameterValue(arg("instruction"), value_type=str),
+                # sim_node publishes /clock exactly when it does not run in real time
+                "use_sim_time": not real_time,
+            },
+        ],
+    )
+    return [sim_node, policy_node]
 
 
 def generate_launch_description():
-    config = FindPackageShare("vla_ros")
     return LaunchDescription([
         DeclareLaunchArgument("profile", default_value="aloha_sim",
                               description="robot profile name (config/<name>.yaml) or path"),
         DeclareLaunchArgument("checkpoint", description="policy checkpoint directory"),
-        DeclareLaunchArgument("instruction", default_value="", description="language instruction"),
-        DeclareLaunchArgument("task", default_value="transfer_cube",
-                              description="simulated task: transfer_cube or insertion"),
-        Node(
-            package="vla_ros",
-            executable="sim_node",
-            name="sim_node",
-            output="screen",
-            parameters=[
-                PathJoinSubstitution([config, "config", "sim_node.yaml"]),
-                {"profile": LaunchConfiguration("profile"), "task": LaunchConfiguration("task")},
-            ],
-        ),
-        Node(
-            package="vla_ros",
-            executable="policy_node",
-            name="policy_node",
-            output="screen",
-            parameters=[
-                PathJoinSubstitution([config, "config", "policy_node.yaml"]),
-                {
-                    "profile": LaunchConfiguration("profile"),
-                    "checkpoint": LaunchConfiguration("checkpoint"),
-                    "instruction": LaunchConfiguration("instruction"),
-                },
-            ],
-        ),
+        DeclareLaunchArgument("instruction", default_value="", description="language instruction (free text)"),
+        DeclareLaunchArgument("task", default_value="transfer_cube", choices=("transfer_cube", "insertion"),
+                              description="simulated task"),
+        DeclareLaunchArgument("real_time", default_value="true", choices=BOOLEAN,
+                              description="true: simulate at wall-clock speed; false: as fast as possible, "
+                                          "publishing /clock (policy_node then uses sim time)"),
+        DeclareLaunchArgument("namespace", default_value="",
+                              description="namespace of both nodes (their ~/ services and topics)"),
+        DeclareLaunchArgument("remap", default_value="",
+                              description="topic remappings 'from:=to from2:=to2', applied to both nodes"),
+        OpaqueFunction(function=launch_setup),
     ])

@@ -1,6 +1,7 @@
 """`ros2 launch` cannot run here (launch_ros is not on PyPI), so each launch file is executed with
-recording stand-ins for the launch API, and everything it names is checked against the package:
-executables, parameter files, parameter names and launch arguments."""
+recording stand-ins for the launch API, its launch_setup() is performed with a fake launch context
+(the declared defaults plus command-line overrides), and everything it names is checked against
+the package: executables, parameter files, parameter names, argument types and bad arguments."""
 
 import importlib
 import re
@@ -11,8 +12,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from vla_ros.ros.launch_args import LaunchArgumentError
+
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH_FILES = sorted((ROOT / "launch").glob("*.launch.py"))
+ROS_PARAMETERS = {"use_sim_time"}  # declared by every rclpy node
 
 
 class _Recorded:
@@ -28,8 +32,15 @@ class DeclareLaunchArgument(_Recorded):
     pass
 
 
-class LaunchConfiguration(_Recorded):
+class OpaqueFunction(_Recorded):
     pass
+
+
+class LaunchConfiguration(_Recorded):
+    def perform(self, context):
+        """Like launch: the configured string, or the declared default (a file in the source tree)."""
+        value = context.launch_configurations[self.args[0]]
+        return str(_share_path(value)) if isinstance(value, PathJoinSubstitution) else value
 
 
 class PathJoinSubstitution(_Recorded):
@@ -44,14 +55,19 @@ class FindPackageShare(_Recorded):
     pass
 
 
+class ParameterValue(_Recorded):
+    pass
+
+
 def _stub_modules():
     modules = {}
     for name, members in {
         "launch": {"LaunchDescription": LaunchDescription},
-        "launch.actions": {"DeclareLaunchArgument": DeclareLaunchArgument},
+        "launch.actions": {"DeclareLaunchArgument": DeclareLaunchArgument, "OpaqueFunction": OpaqueFunction},
         "launch.substitutions": {"LaunchConfiguration": LaunchConfiguration, "PathJoinSubstitution": PathJoinSubstitution},
         "launch_ros": {},
         "launch_ros.actions": {"Node": Node},
+        "launch_ros.parameter_descriptions": {"ParameterValue": ParameterValue},
         "launch_ros.substitutions": {"FindPackageShare": FindPackageShare},
     }.items():
         module = types.ModuleType(name)
@@ -60,12 +76,32 @@ def _stub_modules():
     return modules
 
 
-def _run_launch_file(path: Path, monkeypatch) -> LaunchDescription:
+def _describe(path: Path, monkeypatch) -> LaunchDescription:
     for name, module in _stub_modules().items():
         monkeypatch.setitem(sys.modules, name, module)
     namespace = {"__name__": "launch_file_under_test"}
     exec(compile(path.read_text(), str(path), "exec"), namespace)
     return namespace["generate_launch_description"]()
+
+
+def _declared(description: LaunchDescription) -> dict[str, DeclareLaunchArgument]:
+    return {e.args[0]: e for e in description.args[0] if isinstance(e, DeclareLaunchArgument)}
+
+
+def _launch(path: Path, monkeypatch, checkpoint: Path, **overrides) -> list[Node]:
+    """The nodes the launch file starts for `overrides` (ros2 launch ... name:=value)."""
+    description = _describe(path, monkeypatch)
+    configurations = {name: arg.kwargs["default_value"] for name, arg in _declared(description).items()
+                      if "default_value" in arg.kwargs}
+    configurations.update(checkpoint=str(checkpoint), **overrides)
+    for name, arg in _declared(description).items():
+        if "choices" in arg.kwargs and configurations[name] not in arg.kwargs["choices"]:
+            raise LaunchArgumentError(name, configurations[name], "not a declared choice")  # as launch does
+    context = types.SimpleNamespace(launch_configurations=configurations)
+    entities = []
+    for entity in description.args[0]:
+        entities += entity.kwargs["function"](context) if isinstance(entity, OpaqueFunction) else [entity]
+    return [e for e in entities if isinstance(e, Node)]
 
 
 def _console_scripts() -> dict[str, str]:
@@ -94,7 +130,15 @@ def _share_path(join: PathJoinSubstitution) -> Path:
 
 def _node_parameters(executable: str) -> set[str]:
     module_name = _console_scripts()[executable].split(":")[0]
-    return {spec.name for spec in importlib.import_module(module_name).PARAMETERS}
+    return {spec.name for spec in importlib.import_module(module_name).PARAMETERS} | ROS_PARAMETERS
+
+
+def _overrides(node: Node) -> dict:
+    return {k: v for entry in node.kwargs["parameters"] if isinstance(entry, dict) for k, v in entry.items()}
+
+
+def _node(nodes: list[Node], executable: str) -> Node:
+    return next(node for node in nodes if node.kwargs["executable"] == executable)
 
 
 def test_there_are_launch_files():
@@ -102,12 +146,10 @@ def test_there_are_launch_files():
 
 
 @pytest.mark.parametrize("path", LAUNCH_FILES, ids=lambda p: p.name)
-def test_launch_file_names_only_what_exists(path, monkeypatch):
-    description = _run_launch_file(path, monkeypatch)
-    entities = description.args[0]
-    declared = {e.args[0] for e in entities if isinstance(e, DeclareLaunchArgument)}
-    nodes = [e for e in entities if isinstance(e, Node)]
+def test_launch_file_names_only_what_exists(path, monkeypatch, tmp_path):
+    nodes = _launch(path, monkeypatch, tmp_path)
     assert nodes, "a launch file that starts no node"
+    declared = _declared(_describe(path, monkeypatch))
     scripts = _console_scripts()
     for node in nodes:
         executable = node.kwargs["executable"]
@@ -115,18 +157,82 @@ def test_launch_file_names_only_what_exists(path, monkeypatch):
         assert executable in scripts, f"{path.name}: executable '{executable}' is not a console script"
         module_name, function = scripts[executable].split(":")
         assert callable(getattr(importlib.import_module(module_name), function))
-        known = _node_parameters(executable)
-        for entry in node.kwargs.get("parameters", []):
-            if isinstance(entry, dict):
-                unknown = set(entry) - known
-                assert not unknown, f"{path.name}: {executable} has no parameters {unknown}"
-            elif isinstance(entry, PathJoinSubstitution):
-                assert _share_path(entry).is_file(), f"{path.name}: missing {_share_path(entry)}"
-    for item in _walk(entities):
+        unknown = set(_overrides(node)) - _node_parameters(executable)
+        assert not unknown, f"{path.name}: {executable} has no parameters {unknown}"
+        for entry in node.kwargs["parameters"]:
+            if isinstance(entry, str):
+                assert Path(entry).is_file(), f"{path.name}: missing {entry}"
+    for item in _walk(_describe(path, monkeypatch).args[0]):
         if isinstance(item, LaunchConfiguration):
             assert item.args[0] in declared, f"{path.name}: LaunchConfiguration('{item.args[0]}') is not declared"
         if isinstance(item, PathJoinSubstitution):
             assert _share_path(item).is_file(), f"{path.name}: missing {_share_path(item)}"
+    for item in _walk(nodes):
+        if isinstance(item, PathJoinSubstitution):
+            assert _share_path(item).is_file(), f"{path.name}: missing {_share_path(item)}"
+
+
+@pytest.mark.parametrize("path", LAUNCH_FILES, ids=lambda p: p.name)
+def test_namespace_and_remap_reach_every_node(path, monkeypatch, tmp_path):
+    nodes = _launch(path, monkeypatch, tmp_path, namespace="/robot1",
+                    remap="/cam_high/image_raw:=/camera_high/image_raw, /diagnostics:=/robot1/diagnostics")
+    for node in nodes:
+        assert node.kwargs["namespace"] == "/robot1"
+        assert node.kwargs["remappings"] == [("/cam_high/image_raw", "/camera_high/image_raw"),
+                                             ("/diagnostics", "/robot1/diagnostics")]
+
+
+@pytest.mark.parametrize("path", LAUNCH_FILES, ids=lambda p: p.name)
+@pytest.mark.parametrize("instruction", ["yes", "1", "null", "[a, b]", "fold the towel"])
+def test_instruction_reaches_policy_node_as_a_string(path, instruction, monkeypatch, tmp_path):
+    value = _overrides(_node(_launch(path, monkeypatch, tmp_path, instruction=instruction), "policy_node"))["instruction"]
+    assert isinstance(value, ParameterValue)
+    assert value.args == (instruction,) and value.kwargs == {"value_type": str}
+
+
+def test_robot_use_sim_time_is_an_argument(monkeypatch, tmp_path):
+    path = ROOT / "launch" / "robot.launch.py"
+    assert _overrides(_node(_launch(path, monkeypatch, tmp_path), "policy_node"))["use_sim_time"] is False
+    policy = _node(_launch(path, monkeypatch, tmp_path, use_sim_time="true"), "policy_node")
+    assert _overrides(policy)["use_sim_time"] is True
+
+
+@pytest.mark.parametrize("real_time", ["true", "false"])
+def test_sim_uses_sim_time_exactly_when_sim_node_publishes_clock(real_time, monkeypatch, tmp_path):
+    nodes = _launch(ROOT / "launch" / "sim.launch.py", monkeypatch, tmp_path, real_time=real_time)
+    sim, policy = _overrides(_node(nodes, "sim_node")), _overrides(_node(nodes, "policy_node"))
+    publishes_clock = not sim["real_time"]  # sim_node: real_time false -> step freely and publish /clock
+    assert sim["real_time"] is (real_time == "true")
+    assert policy["use_sim_time"] is publishes_clock
+    assert "use_sim_time" not in sim, "the clock's source must not wait for its own /clock"
+
+
+@pytest.mark.parametrize("path", LAUNCH_FILES, ids=lambda p: p.name)
+@pytest.mark.parametrize("name, value, expected", [
+    ("remap", "/a/b", "is not a rule FROM:=TO"),
+    ("remap", "/a:=b c", "is not a rule FROM:=TO"),
+    ("namespace", "robot 1", "not a ROS namespace"),
+    ("profile", "no_such_profile", "file not found"),
+    ("checkpoint", "/no/such/checkpoint", "no such directory"),
+])
+def test_a_bad_argument_stops_the_launch_with_one_line(path, name, value, expected, monkeypatch, tmp_path):
+    overrides = {name: value}
+    if name == "checkpoint":
+        overrides = {}
+        tmp_path = Path(value)
+    with pytest.raises(LaunchArgumentError) as raised:
+        _launch(path, monkeypatch, tmp_path, **overrides)
+    message = str(raised.value)
+    assert "\n" not in message and message.startswith(f"launch argument {name}:=") and expected in message
+
+
+@pytest.mark.parametrize("path", LAUNCH_FILES, ids=lambda p: p.name)
+def test_boolean_and_enumerated_arguments_declare_their_choices(path, monkeypatch):
+    declared = _declared(_describe(path, monkeypatch))
+    for name in {"dry_run", "use_sim_time", "real_time"} & set(declared):
+        assert declared[name].kwargs["choices"] == ("true", "false"), name
+    if "task" in declared:
+        assert set(declared["task"].kwargs["choices"]) == {"transfer_cube", "insertion"}
 
 
 @pytest.mark.parametrize("executable", ["policy_node", "sim_node"])
