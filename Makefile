@@ -16,7 +16,7 @@ export AMENT_PREFIX_PATH := $(abspath $(VENV))
 PACKAGE_FILES := setup.py setup.cfg package.xml resource/vla_ros \
 	$(shell find vla_ros config launch checkpoints -type f \( -name '*.py' -o -name '*.yaml' -o -name '*.json' -o -name '*.safetensors' \) 2>/dev/null)
 
-.PHONY: venv test test-fast demo bench freeze clean check-robot-requirements
+.PHONY: venv test test-fast demo bench freeze clean check-robot-requirements colcon-test
 
 venv: $(VENV)/.installed
 
@@ -34,10 +34,15 @@ $(VENV)/.interbotix_msgs: $(VENV)/.requirements tools/build_interbotix_msgs.sh $
 	touch $@
 
 # The package itself, installed (not editable) so that its share/ directory and ament index
-# marker exist; reinstalled whenever a package file changes.
+# marker exist; reinstalled whenever a package file changes. pip puts the executables in bin/ (it
+# ignores setup.cfg's install_scripts); they are linked into lib/vla_ros, where ros2 run and
+# launch_ros look, as in a colcon install.
 $(VENV)/.installed: $(VENV)/.requirements $(VENV)/.interbotix_msgs $(PACKAGE_FILES)
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation .
 	rm -rf build *.egg-info
+	mkdir -p $(VENV)/lib/vla_ros
+	for exe in $$($(PY) -c "import importlib.metadata as m; print(*(e.name for e in m.distribution('vla_ros').entry_points if e.group == 'console_scripts'))"); do \
+		ln -sfn ../../bin/$$exe $(VENV)/lib/vla_ros/$$exe; done
 	touch $@
 
 test: venv
@@ -52,6 +57,20 @@ demo: venv
 
 bench: venv
 	$(BIN)/vla-ros bench all
+
+# colcon from PyPI (requirements-colcon.txt) in its own directory, put on the project Python's
+# PYTHONPATH: colcon test runs pytest with the Python that runs colcon, which must be the tested venv's.
+COLCON := $(VENV)/colcon
+COLCON_TEST_MARKERS ?= not slow
+
+$(COLCON)/.installed: requirements-colcon.txt $(VENV)/.requirements
+	rm -rf $(COLCON)
+	$(PY) -m pip install -q --disable-pip-version-check --target $(COLCON) -r requirements-colcon.txt
+	touch $@
+
+# colcon build + colcon test in a scratch workspace under /tmp; fails on 0 tests or any failure.
+colcon-test: venv $(COLCON)/.installed
+	PYTHONPATH=$(abspath $(COLCON)) bash tools/colcon_test.sh $(abspath $(PY)) "$(COLCON_TEST_MARKERS)"
 
 # requirements-robot.txt resolves on PyPI (wheels only) for Humble's 3.10, 3.11 and Jazzy/Kilted's 3.12.
 check-robot-requirements: venv

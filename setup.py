@@ -29,6 +29,9 @@ setup(
         *tree("checkpoints", f"share/{PACKAGE}"),  # the bundled default policy (`make demo`)
     ],
     install_requires=["setuptools"],
+    # colcon test runs pytest only for a package that declares it as a test dependency.
+    extras_require={"test": ["pytest", "hypothesis"]},
+    tests_require=["pytest", "hypothesis"],
     zip_safe=True,
     maintainer="vla_ros maintainers",
     maintainer_email="maintainers@vla-ros.invalid",
