@@ -16,7 +16,7 @@ export AMENT_PREFIX_PATH := $(abspath $(VENV))
 PACKAGE_FILES := setup.py setup.cfg package.xml resource/vla_ros \
 	$(shell find vla_ros config launch checkpoints -type f \( -name '*.py' -o -name '*.yaml' -o -name '*.json' -o -name '*.safetensors' \) 2>/dev/null)
 
-.PHONY: venv test test-fast demo bench freeze clean check-robot-requirements colcon-test
+.PHONY: venv test test-fast demo bench freeze clean check-robot-requirements colcon-test docs
 
 venv: $(VENV)/.installed
 
@@ -57,6 +57,10 @@ demo: venv
 
 bench: venv
 	$(BIN)/vla-ros bench all
+
+# docs/parameters.md from the nodes' parameter specs (test/test_param_docs.py checks it is current).
+docs: venv
+	$(PY) -m vla_ros.ros.param_docs --output docs/parameters.md
 
 # colcon from PyPI (requirements-colcon.txt) in its own directory, put on the project Python's
 # PYTHONPATH: colcon test runs pytest with the Python that runs colcon, which must be the tested venv's.
