@@ -138,6 +138,34 @@ def test_reads_cameras_stored_as_images_in_the_data_files(tmp_path, profile):
     assert torch.equal(batch["images"], in_memory.batch_for_step(0, 6, seed=0)["images"])
 
 
+def test_tasks_by_index_and_tasks_that_change_within_an_episode(av1_dataset, tmp_path):
+    """task_index values need not be 0..n-1, and an episode may switch task (LeRobot stores a
+    task per frame): each frame gets its own instruction."""
+    import shutil
+
+    import pyarrow as pa
+    from lerobot_layout import tasks_table
+
+    root = tmp_path / "ds"
+    shutil.copytree(av1_dataset, root)
+    table = tasks_table(TASKS)
+    pq.write_table(table.set_column(0, "task_index", pa.array([0, 5])), root / "meta/tasks.parquet")
+    path = root / "data/chunk-000/file-000.parquet"
+    data = pq.read_table(path)  # episodes 0 (9 rows, task 0) and 1 (12 rows, task 1 -> now 5, then 0)
+    switched = [0] * 9 + [5] * 6 + [0] * 6
+    pq.write_table(data.set_column(data.column_names.index("task_index"), "task_index", pa.array(switched)), path)
+    ds = LeRobotDataset(root)
+    assert ds.tasks == TASKS
+    episode = ds.episode(1)
+    assert episode.task == TASKS[1] and episode.frame_tasks == [TASKS[1]] * 6 + [TASKS[0]] * 6
+    assert [f.task for f in ds.iter_frames(1)] == episode.frame_tasks and ds[9 + 7].task == TASKS[0]
+    assert ds.episode(0).frame_tasks is None and ds.episode(0).task == TASKS[0]
+
+    from vla_ros.policy.batches import DatasetSamples
+    samples = DatasetSamples(ds, [1], ["cam_high"], 2, (16, 16))
+    assert samples.collate([0, 5, 6, 11])["instruction"] == [TASKS[1], TASKS[1], TASKS[0], TASKS[0]]
+
+
 def test_names_that_differ_are_still_refused(tmp_path, profile):
     root = tmp_path / "ds"
     swapped = list(profile.vector_names)
@@ -168,6 +196,9 @@ def test_tasks_without_task_strings_are_a_clear_error(av1_dataset, tmp_path):
     shutil.copytree(av1_dataset, root)
     pq.write_table(pa.table({"task_index": [0, 1]}), root / "meta/tasks.parquet")
     with pytest.raises(DatasetError, match="tasks.parquet: expected a task_index column"):
+        LeRobotDataset(root)
+    pq.write_table(pa.table({"task_index": [0, 0], "task": ["a", "b"]}), root / "meta/tasks.parquet")
+    with pytest.raises(DatasetError, match="task_index values \\[0, 0\\] are not unique"):
         LeRobotDataset(root)
 
 

@@ -911,8 +911,8 @@ def flat_names(names, source: Path, key: str) -> list[str] | None:
     return names
 
 
-def read_tasks(path: Path) -> list[str]:
-    """Task strings by task_index from meta/tasks.parquet. LeRobot writes a pandas frame indexed
+def read_tasks(path: Path) -> dict[int, str]:
+    """task_index -> task string from meta/tasks.parquet. LeRobot writes a pandas frame indexed
     by the task string: the strings are then in the index column (``__index_level_0__`` when
     unnamed, named in the file's pandas metadata), not in a "task" column."""
     table = _read_table(path)
@@ -926,10 +926,10 @@ def read_tasks(path: Path) -> list[str]:
     if column is None or "task_index" not in table.column_names:
         raise DatasetError(f"{path}: expected a task_index column and the task strings (a 'task' column or "
                            f"the pandas index); found columns {table.column_names}")
-    by_index = dict(zip(table.column("task_index").to_pylist(), table.column(column).to_pylist()))
-    if sorted(by_index) != list(range(len(by_index))):
-        raise DatasetError(f"{path}: task_index values {sorted(by_index)} are not 0..{len(by_index) - 1}")
-    return [by_index[i] for i in range(len(by_index))]
+    indices = table.column("task_index").to_pylist()
+    if len(set(indices)) != len(indices) or None in indices:
+        raise DatasetError(f"{path}: task_index values {indices} are not unique")
+    return dict(sorted(zip(indices, table.column(column).to_pylist())))
 
 
 @dataclass
@@ -941,9 +941,13 @@ class Episode:
     timestamps: np.ndarray  # (N,) float32, seconds from the episode start
     frame_index: np.ndarray
     global_index: np.ndarray
+    frame_tasks: list[str] | None = None  # per frame, when the task changes within the episode
 
     def __len__(self) -> int:
         return len(self.timestamps)
+
+    def task_at(self, i: int) -> str:
+        return self.frame_tasks[i] if self.frame_tasks else self.task
 
 
 @dataclass
@@ -983,7 +987,8 @@ class LeRobotDataset:
         # LeRobot's "image" features (use_videos=False): PNG bytes in the data parquet, no video
         self._image_keys = {k for k in self.camera_keys if self.features[k]["dtype"] == "image"}
         self._episodes = self._load_episodes()
-        self.tasks = read_tasks(self.root / TASKS_PATH) if (self.root / TASKS_PATH).exists() else []
+        self._task_by_index = read_tasks(self.root / TASKS_PATH) if (self.root / TASKS_PATH).exists() else {}
+        self.tasks = list(self._task_by_index.values())  # in task_index order
         self._data_cache: tuple[Path, pa.Table] | None = None
         if profile is not None:
             self.check_profile(profile)
@@ -1122,10 +1127,14 @@ class LeRobotDataset:
                                    f"values, info.json says {dim}")
             arrays[key] = column.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, dim)
         timestamps = part.column("timestamp").to_numpy().astype(np.float32)
-        task_index = int(part.column("task_index")[0].as_py())
-        task = self.tasks[task_index] if task_index < len(self.tasks) else row["tasks"][0]
-        return Episode(index, task, arrays[STATE_KEY], arrays[ACTION_KEY], timestamps,
-                       part.column("frame_index").to_numpy(), part.column("index").to_numpy())
+        task_indices = part.column("task_index").to_numpy()
+        unknown = sorted(set(task_indices.tolist()) - set(self._task_by_index))
+        if unknown and len(row["tasks"]) != 1:
+            raise DatasetError(f"{path}: episode {index} uses task_index {unknown}, not in {self.root / TASKS_PATH}")
+        frame_tasks = [self._task_by_index.get(int(i), row["tasks"][0]) for i in task_indices]
+        return Episode(index, frame_tasks[0], arrays[STATE_KEY], arrays[ACTION_KEY], timestamps,
+                       part.column("frame_index").to_numpy(), part.column("index").to_numpy(),
+                       frame_tasks if len(set(frame_tasks)) > 1 else None)
 
     def video_path(self, index: int, camera: str) -> tuple[Path, float, float]:
         """(mp4 path, from_timestamp, to_timestamp) of one episode's camera stream."""
@@ -1166,7 +1175,7 @@ class LeRobotDataset:
                     raise DatasetError(f"{path}: video ends after {i} frames but episode {index} has {len(ep)} rows")
                 images[cam] = image
             yield Frame(index, int(ep.frame_index[i]), int(ep.global_index[i]), float(ep.timestamps[i]),
-                        ep.task, ep.state[i], ep.action[i], images)
+                        ep.task_at(i), ep.state[i], ep.action[i], images)
         for cam, (path, frames) in streams.items():
             if next(frames, None) is not None:
                 raise DatasetError(f"{path}: video has more frames than episode {index}'s {len(ep)} rows")
@@ -1194,7 +1203,7 @@ class LeRobotDataset:
             if image is None:
                 raise DatasetError(f"{path}: no frame at t={t:.3f} s (episode {ep_index}, frame {i})")
             images[cam] = image
-        return Frame(ep_index, int(ep.frame_index[i]), index, float(ep.timestamps[i]), ep.task,
+        return Frame(ep_index, int(ep.frame_index[i]), index, float(ep.timestamps[i]), ep.task_at(i),
                      ep.state[i], ep.action[i], images)
 
     def validate(self, decode_videos: bool = False) -> None:

@@ -74,6 +74,7 @@ class EpisodeArrays:
     action: np.ndarray               # (T, action_dim) float32
     images: dict[str, np.ndarray]    # camera -> (T, h, w, 3) uint8 at the working size (empty: cached on disk)
     slots: np.ndarray | None = None  # (T,) frame periods since the first frame; None = consecutive
+    frame_tasks: list[str] | None = None  # per frame, when the task changes within the episode
 
 
 class _Batches:
@@ -144,7 +145,7 @@ class DatasetSamples(_Batches):
         images = {} if self.cache else {cam: self._prepare(dataset.video_frames(index, cam), cam)
                                         for cam in self.cameras}
         slots = np.round(episode.timestamps.astype(np.float64) * dataset.fps).astype(np.int64)
-        return EpisodeArrays(index, episode.task, episode.state, episode.action, images, slots)
+        return EpisodeArrays(index, episode.task, episode.state, episode.action, images, slots, episode.frame_tasks)
 
     def _prepare(self, frames: np.ndarray, camera: str) -> np.ndarray:
         """Decoded frames -> the working size (crop, then the backbone's resize)."""
@@ -180,7 +181,7 @@ class DatasetSamples(_Batches):
             states.append(episode.state[frame])
             chunks.append(actions)
             pads.append(is_pad)
-            tasks.append(episode.task)
+            tasks.append(episode.frame_tasks[frame] if episode.frame_tasks else episode.task)
             for column, cam in enumerate(self.cameras):
                 if self.cache is not None:
                     self.cache.read_into(cam, int(sample), images[row, column])
