@@ -45,6 +45,7 @@ setup(
             "recorder_node = vla_ros.ros.recorder_node:main",
             "scripted_leader = vla_ros.ros.scripted_leader:main",
             "bag_player = vla_ros.ros.bag_player:main",
+            "arm_guard = vla_ros.ros.arm_guard:main",
         ],
     },
 )
