@@ -166,6 +166,26 @@ def test_tasks_by_index_and_tasks_that_change_within_an_episode(av1_dataset, tmp
     assert samples.collate([0, 5, 6, 11])["instruction"] == [TASKS[1], TASKS[1], TASKS[0], TASKS[0]]
 
 
+def test_a_camera_under_another_key_reads(av1_dataset, tmp_path):
+    """LeRobot's single-camera datasets name the camera "observation.image"."""
+    import shutil
+
+    root = tmp_path / "ds"
+    shutil.copytree(av1_dataset, root)
+    old, new = "observation.images.cam_left_wrist", "observation.image"
+    info = json.loads((root / "meta/info.json").read_text())
+    info["features"] = {(new if k == old else k): v for k, v in info["features"].items()}
+    (root / "meta/info.json").write_text(json.dumps(info))
+    (root / "videos" / old).rename(root / "videos" / new)
+    for path in (root / "meta/episodes").glob("*/*.parquet"):
+        table = pq.read_table(path)
+        pq.write_table(table.rename_columns([c.replace(old, new) for c in table.column_names]), path)
+    ds = LeRobotDataset(root)
+    assert ds.cameras == ["cam_high", new] and ds.feature_key(new) == new
+    ds.validate(decode_videos=True)
+    assert len(ds.video_frames(2, new)) == LENGTHS[2]
+
+
 def test_names_that_differ_are_still_refused(tmp_path, profile):
     root = tmp_path / "ds"
     swapped = list(profile.vector_names)

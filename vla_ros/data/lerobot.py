@@ -984,6 +984,7 @@ class LeRobotDataset:
                                   "names": flat_names(self.features[key].get("names"), self.root / INFO_PATH, key)}
         self.camera_keys = [k for k, v in self.features.items() if v.get("dtype") in ("video", "image")]
         self.cameras = [k[len(IMAGE_PREFIX):] if k.startswith(IMAGE_PREFIX) else k for k in self.camera_keys]
+        self._feature_keys = dict(zip(self.cameras, self.camera_keys))
         # LeRobot's "image" features (use_videos=False): PNG bytes in the data parquet, no video
         self._image_keys = {k for k in self.camera_keys if self.features[k]["dtype"] == "image"}
         self._episodes = self._load_episodes()
@@ -1095,18 +1096,23 @@ class LeRobotDataset:
                 raise DatasetError(f"{path}: camera {camera!r} row {i}: missing or undecodable image")
             yield cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
+    def feature_key(self, camera: str) -> str:
+        """The feature key of a camera: observation.images.<camera>, or the whole key of a camera
+        stored under another name (e.g. LeRobot's single-camera "observation.image")."""
+        return self._feature_keys.get(camera, camera_key(camera))
+
     def frame_source(self, index: int, camera: str) -> Path:
         """The file that holds one episode's frames of ``camera``: its mp4, or for image features
         the data parquet."""
-        if camera_key(camera) in self._image_keys:
+        if self.feature_key(camera) in self._image_keys:
             return self._episode_rows(index)[0]
         return self.video_path(index, camera)[0]
 
     def camera_frames(self, index: int, camera: str) -> tuple[Path, Iterator[np.ndarray]]:
         """(source file, iterator over one episode's RGB frames of ``camera``), decoded as they go."""
-        if camera_key(camera) in self._image_keys:
+        if self.feature_key(camera) in self._image_keys:
             path, part = self._episode_rows(index)
-            return path, self._decode_images(path, part.column(camera_key(camera)), camera)
+            return path, self._decode_images(path, part.column(self.feature_key(camera)), camera)
         path, start, end = self.video_path(index, camera)
         return path, decode_video(path, start, end, self.fps)
 
@@ -1139,7 +1145,7 @@ class LeRobotDataset:
     def video_path(self, index: int, camera: str) -> tuple[Path, float, float]:
         """(mp4 path, from_timestamp, to_timestamp) of one episode's camera stream."""
         row = self.episode_meta(index)
-        key = camera_key(camera)
+        key = self.feature_key(camera)
         if key not in self.camera_keys:
             raise KeyError(f"no camera {camera!r} (dataset has {self.cameras})")
         if key in self._image_keys:
@@ -1157,7 +1163,7 @@ class LeRobotDataset:
         expected = self.episode_meta(index)["length"]
         if len(frames) != expected:
             row = self.episode_meta(index)
-            key = f"videos/{camera_key(camera)}"
+            key = f"videos/{self.feature_key(camera)}"
             raise DatasetError(f"{path}: {len(frames)} frames in [{row[key + '/from_timestamp']:.3f}, "
                                f"{row[key + '/to_timestamp']:.3f}) s for episode {index}, "
                                f"but the table has {expected} rows")
@@ -1193,9 +1199,9 @@ class LeRobotDataset:
         i = index - self._episodes[ep_index]["dataset_from_index"]
         images = {}
         for cam in self.cameras:
-            if camera_key(cam) in self._image_keys:
+            if self.feature_key(cam) in self._image_keys:
                 path, part = self._episode_rows(ep_index)
-                images[cam] = next(self._decode_images(path, part.column(camera_key(cam)).slice(i, 1), cam))
+                images[cam] = next(self._decode_images(path, part.column(self.feature_key(cam)).slice(i, 1), cam))
                 continue
             path, start, _ = self.video_path(ep_index, cam)
             t = start + float(ep.timestamps[i])
@@ -1218,7 +1224,7 @@ class LeRobotDataset:
                     or np.any(np.diff(np.round(slots)) < 1)):
                 raise DatasetError(f"episode {index}: timestamps are not increasing multiples of 1/fps from 0")
             for cam in self.cameras:
-                if decode_videos or camera_key(cam) in self._image_keys:
+                if decode_videos or self.feature_key(cam) in self._image_keys:
                     self.video_frames(index, cam)
                     continue
                 path, start, end = self.video_path(index, cam)

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vla_ros.data.lerobot import DatasetError, LeRobotDataset, camera_key
+from vla_ros.data.lerobot import DatasetError, LeRobotDataset
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ def _fingerprint(dataset: LeRobotDataset, episodes: Sequence[int], cameras: Sequ
         for cam in cameras:
             path = dataset.frame_source(index, cam)
             stat = path.stat()
-            where = {k: v for k, v in row.items() if k.startswith(f"videos/{camera_key(cam)}/")}
+            where = {k: v for k, v in row.items() if k.startswith(f"videos/{dataset.feature_key(cam)}/")}
             videos.append([str(path), stat.st_size, stat.st_mtime_ns, where])
         parts["episodes"].append([index, row["length"], row["dataset_from_index"], videos])
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:24]
