@@ -39,7 +39,7 @@ from vla_ros.robot import decode
 from vla_ros.robot.profile import CameraSpec, ProfileError, RobotProfile, load_profile
 from vla_ros.ros import convert
 from vla_ros.ros.params import ParameterError, ParamSpec, declare_parameters
-from vla_ros.ros.qos import RELIABILITIES, image_qos, latest_state_qos, state_qos
+from vla_ros.ros.qos import IMAGE_RELIABILITIES, RELIABILITIES, MatchedSubscription, latest_state_qos, state_qos
 from vla_ros.ros.node_main import run_node
 
 
@@ -59,7 +59,9 @@ PARAMETERS = (
               "measured here, reliable subscriptions received the sim's 50 Hz joint states in bursts up to "
               "0.3 s old (a lost sample holds back the newer ones), best_effort within 0.11 s",
               choices=tuple(RELIABILITIES)),
-    ParamSpec("image_qos", "reliable", "camera subscription reliability", choices=tuple(RELIABILITIES)),
+    ParamSpec("image_qos", "auto", "camera subscription reliability; auto: the publisher's (reliable when it "
+              "offers reliable, else best_effort), decided when the first publisher appears",
+              choices=IMAGE_RELIABILITIES),
     ParamSpec("image_qos_depth", 1, "camera subscription queue depth (only the newest image is ever used)",
               minimum=1, maximum=100),
     ParamSpec("min_rate_fraction", 0.9, "an episode whose camera rate or recorded frame rate is below this "
@@ -291,11 +293,11 @@ class RecorderNode(Node):
                 self.create_subscription(JointState, topic, partial(self.on_message, name, use_header), joint_qos)
                 self.input_topics[name] = topic
         compressed = self.params["image_format"] == "compressed"
-        qos = image_qos(self.params["image_qos"], self.params["image_qos_depth"])
         for camera in self.profile.cameras:
             topic = convert.camera_topic(camera.topic, compressed)
-            self.create_subscription(CompressedImage if compressed else Image, topic,
-                                     partial(self.on_message, camera_input(camera), use_header), qos)
+            MatchedSubscription(self, CompressedImage if compressed else Image, topic,
+                                partial(self.on_message, camera_input(camera), use_header),
+                                self.params["image_qos"], self.params["image_qos_depth"])
             self.input_topics[camera_input(camera)] = topic
         self.create_subscription(String, "~/task", self.on_task, state_qos())
         self.create_service(Trigger, "~/start", self.on_start)
