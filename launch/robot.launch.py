@@ -2,6 +2,8 @@
 
 ros2 launch vla_ros robot.launch.py checkpoint:=/path/to/ckpt instruction:="fold the towel"
 The node starts DISARMED; arm it with: ros2 service call /policy_node/enable std_srvs/srv/SetBool "{data: true}"
+arm_guard is the last hop before the drivers (docs/arm_guard.md): policy_node publishes on its input,
+and after a hold it forwards nothing until: ros2 service call /arm_guard/rearm std_srvs/srv/Trigger
 
 Arguments are checked before any process starts (vla_ros.ros.launch_args): a bad value stops the
 launch with one line naming the argument. Add nodes in launch_setup().
@@ -17,6 +19,7 @@ from launch_ros.substitutions import FindPackageShare
 from vla_ros.ros import launch_args
 
 BOOLEAN = ("true", "false")
+GUARD_INPUT = "/arm_guard/in"  # policy_node's command_namespace = arm_guard's input_namespace
 
 
 def launch_setup(context):
@@ -36,11 +39,20 @@ def launch_setup(context):
                 # a string whatever it reads like: launch_ros would parse 'yes' or '1' as YAML
                 "instruction": ParameterValue(arg("instruction"), value_type=str),
                 "dry_run": launch_args.boolean("dry_run", arg("dry_run")),
+                "command_namespace": GUARD_INPUT,
                 "use_sim_time": use_sim_time,
             },
         ],
     )
-    return [policy_node]
+    arm_guard = Node(
+        package="vla_ros", executable="arm_guard", name="arm_guard", **common,
+        parameters=[
+            arg("guard_params_file"),
+            {"profile": launch_args.profile(arg("profile")), "input_namespace": GUARD_INPUT,
+             "use_sim_time": use_sim_time},
+        ],
+    )
+    return [arm_guard, policy_node]
 
 
 def generate_launch_description():
@@ -62,5 +74,9 @@ def generate_launch_description():
             "params_file",
             default_value=PathJoinSubstitution([FindPackageShare("vla_ros"), "config", "policy_node.yaml"]),
             description="policy_node parameters"),
+        DeclareLaunchArgument(
+            "guard_params_file",
+            default_value=PathJoinSubstitution([FindPackageShare("vla_ros"), "config", "arm_guard.yaml"]),
+            description="arm_guard parameters (command_timeout, estop_torque_off, ...)"),
         OpaqueFunction(function=launch_setup),
     ])

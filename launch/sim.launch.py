@@ -1,4 +1,5 @@
-"""Simulation bringup: the MuJoCo ALOHA (sim_node) and policy_node, wired by the robot profile.
+"""Simulation bringup: the MuJoCo ALOHA (sim_node) and policy_node, wired by the robot profile,
+with arm_guard as the last hop before the simulated drivers, as on the robot.
 
 ros2 launch vla_ros sim.launch.py checkpoint:=/path/to/ckpt
 
@@ -17,6 +18,7 @@ from launch_ros.substitutions import FindPackageShare
 from vla_ros.ros import launch_args
 
 BOOLEAN = ("true", "false")
+GUARD_INPUT = "/arm_guard/in"  # policy_node's command_namespace = arm_guard's input_namespace
 
 
 def launch_setup(context):
@@ -44,12 +46,20 @@ def launch_setup(context):
                 "checkpoint": launch_args.checkpoint(arg("checkpoint")),
                 # a string whatever it reads like: launch_ros would parse 'yes' or '1' as YAML
                 "instruction": ParameterValue(arg("instruction"), value_type=str),
+                "command_namespace": GUARD_INPUT,
                 # sim_node publishes /clock exactly when it does not run in real time
                 "use_sim_time": not real_time,
             },
         ],
     )
-    return [sim_node, policy_node]
+    arm_guard = Node(
+        package="vla_ros", executable="arm_guard", name="arm_guard", **common,
+        parameters=[
+            PathJoinSubstitution([config, "config", "arm_guard.yaml"]),
+            {"profile": profile, "input_namespace": GUARD_INPUT, "use_sim_time": not real_time},
+        ],
+    )
+    return [sim_node, arm_guard, policy_node]
 
 
 def generate_launch_description():

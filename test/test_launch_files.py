@@ -235,7 +235,16 @@ def test_boolean_and_enumerated_arguments_declare_their_choices(path, monkeypatc
         assert set(declared["task"].kwargs["choices"]) == {"transfer_cube", "insertion"}
 
 
-@pytest.mark.parametrize("executable", ["policy_node", "sim_node"])
+@pytest.mark.parametrize("path", LAUNCH_FILES, ids=lambda p: p.name)
+def test_arm_guard_is_the_last_hop_before_the_drivers(path, monkeypatch, tmp_path):
+    nodes = _launch(path, monkeypatch, tmp_path)
+    policy, guard = _overrides(_node(nodes, "policy_node")), _overrides(_node(nodes, "arm_guard"))
+    assert policy["command_namespace"] == guard["input_namespace"] != ""
+    assert guard["profile"] == policy["profile"]
+    assert guard["use_sim_time"] is policy["use_sim_time"]
+
+
+@pytest.mark.parametrize("executable", ["policy_node", "sim_node", "arm_guard"])
 def test_params_files_use_declared_parameters_with_valid_values(executable):
     module = importlib.import_module(_console_scripts()[executable].split(":")[0])
     specs = {spec.name: spec for spec in module.PARAMETERS}
