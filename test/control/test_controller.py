@@ -115,7 +115,8 @@ def test_running_out_of_chunks_holds_and_faults_after_the_timeout():
     states = [loop.tick().state for _ in range(14)]
     assert states[:3] == ["running"] * 3
     assert "holding" in states and states[-1] == "fault"
-    assert loop.tick().command is None
+    held = loop.tick().command  # the stop holds where the arm is, it does not let go
+    np.testing.assert_array_equal(held, loop.commands[-2])
     assert not loop.controller.wants_chunks()
     loop.controller.enable(loop.now, loop.measured)
     assert loop.controller.wants_chunks()
@@ -135,6 +136,42 @@ def test_estop_holds_in_the_same_tick_and_reset_leaves_it_disarmed():
         loop.controller.enable(loop.now, loop.measured)
     loop.controller.set_estop(False)
     assert loop.tick().command is None and loop.controller.diagnostics()["state"] == "disarmed"
+
+
+def test_safety_durations_run_on_the_steady_clock_whatever_ros_time_does():
+    """The hold timeout (and soft start) use `steady`: a ROS clock jumping back does not disable
+    the timeout, and one jumping forward does not fault at once."""
+    for jump in (-50.0, +50.0):
+        controller = Controller(PROFILE, ControllerConfig(soft_start_time=0.0, hold_fault_timeout=0.2))
+        now, steady = 10.0, 500.0
+        controller.enable(now, PROFILE.start_pose, steady=steady)
+        states = []
+        for k in range(30):  # no chunk at all: holding from the first tick
+            now += DT + (jump if k == 3 else 0.0)
+            steady += DT
+            states.append(controller.tick(now, PROFILE.start_pose, *stamps(now), steady=steady).state)
+        assert states[:9] == ["holding"] * 9, (jump, states)  # 0.18 s of steady time
+        assert states[12:] == ["fault"] * 18, (jump, states)  # faulted once 0.2 s had passed
+
+
+def test_re_arming_mid_grasp_keeps_the_grippers_closed():
+    """A closed gripper holds an object, so its finger reads open: re-arming starts each gripper
+    at its last command, not at the measured opening, until a chunk moves it."""
+    loop = Loop()
+    loop.controller.enable(loop.now, loop.measured)
+    closed = PROFILE.start_pose.copy()
+    closed[[6, 13]] = 0.0
+    loop.controller.on_chunk(np.tile(closed, (200, 1)), loop.now)
+    for _ in range(60):
+        loop.tick()
+    assert loop.commands[-1][6] == loop.commands[-1][13] == 0.0
+    grasping = loop.commands[-1].copy()
+    grasping[[6, 13]] = 0.4  # the cube between the fingers
+    loop.controller.disable()
+    loop.controller.enable(loop.now, grasping)
+    loop.measured = grasping
+    first = loop.tick()
+    assert first.command[6] == first.command[13] == 0.0
 
 
 def test_bad_chunks_are_counted_not_raised():

@@ -121,7 +121,9 @@ def test_hold_times_out_into_a_fault_that_needs_re_enable():
     states = [safety.step(1.0 + k * DT, None, pose, "hold_stale").state for k in range(7)]
     assert states[:5] == ["holding"] * 5 and states[5:] == ["fault", "fault"]
     assert safety.fault_reason == "fault_hold_timeout"
-    assert safety.step(1.2, PROFILE.start_pose, pose).command is None  # fresh targets do not re-arm
+    result = safety.step(1.2, PROFILE.start_pose + 0.3, pose)  # fresh targets do not re-arm
+    np.testing.assert_array_equal(result.command, pose)  # the stop holds where the arm is
+    assert result.state == "fault"
     safety.enable(1.3, pose)
     assert safety.state == "running"
     assert safety.step(1.32, PROFILE.start_pose, pose).command is not None
@@ -134,8 +136,73 @@ def test_tracking_bound_caps_and_an_unreachable_measured_pose_faults():
     _, results = drive(safety, pose + 0.5, 40, measured=lagging)
     assert "cap_tracking" in results[-1].interventions
     assert (np.abs(safety.last_command - lagging) <= PROFILE.tracking_limit + 1e-12).all()
+    before = safety.last_command
     result = safety.step(2.0, pose, pose + 2.0)  # the arm is somewhere the command cannot follow
-    assert result.command is None and result.state == "fault" and safety.fault_reason == "fault_tracking"
+    assert result.state == "fault" and safety.fault_reason == "fault_tracking"
+    np.testing.assert_array_equal(result.command, before)  # stopped at once: the last command again
+
+
+def settle(safety, measured, ticks, start=3.0):
+    return [safety.step(start + k * DT, None, measured).command for k in range(ticks)]
+
+
+@pytest.mark.parametrize("stop", ["estop", "fault"])
+def test_a_stop_settles_the_arm_onto_the_measured_pose_within_the_caps(stop):
+    """A blocked arm: the command ran 0.3 rad ahead. After the stop the goal comes back to where
+    the arm is (the servo stops pushing), from rest, within the velocity and acceleration caps,
+    and then stays; the gripper keeps its command (it may hold an object)."""
+    safety = armed_filter(hold_fault_timeout=0.05)
+    drive(safety, PROFILE.start_pose + 0.3, 60)
+    command = safety.last_command
+    blocked = command - np.where(np.arange(14) % 7 == 6, 0.2, 0.3)
+    if stop == "estop":
+        safety.set_estop(True)
+    else:
+        for k in range(5):
+            safety.step(2.0 + k * DT, None, blocked, "hold_stale")
+        assert safety.state == "fault"
+        command = safety.last_command
+    commands = np.array([command, *settle(safety, blocked, 150)])
+    steps = np.diff(commands, axis=0)
+    assert (np.abs(steps) <= STEP + 1e-12).all()
+    second = np.diff(steps[1:], axis=0)  # from the first settling tick on
+    assert (np.abs(second) <= ACCEL + 1e-12).all()
+    arm = np.arange(14) % 7 != 6
+    np.testing.assert_allclose(commands[-1][arm], blocked[arm], atol=PROFILE.settle_deadband[arm].max())
+    np.testing.assert_array_equal(commands[-1][~arm], command[~arm])
+    np.testing.assert_array_equal(commands[-1], commands[-2])  # at rest, held
+    moved_towards = np.sign(steps[1:][:, arm].sum(axis=0))
+    assert (moved_towards == np.sign(blocked - command)[arm]).all()  # no overshoot and back
+
+
+def test_a_stop_ignores_an_implausible_measured_pose_and_dry_runs_do_not_track():
+    safety = armed_filter()
+    drive(safety, PROFILE.start_pose + 0.1, 30)
+    command = safety.last_command
+    safety.set_estop(True)
+    garbage = command + 3.0 * PROFILE.tracking_limit
+    for held in settle(safety, garbage, 20):
+        np.testing.assert_array_equal(held, command)
+    dry = SafetyFilter(SafetyLimits.from_profile(PROFILE, soft_start_time=0.0), DT, track=False)
+    dry.enable(0.0, PROFILE.start_pose)
+    far = PROFILE.start_pose - 1.0  # the arm never follows a dry run
+    commands, results = drive(dry, PROFILE.start_pose + 0.4, 100, measured=far)
+    assert {r.state for r in results} == {"running"}
+    np.testing.assert_allclose(commands[-1], np.clip(PROFILE.start_pose + 0.4, dry.limits.lower, dry.limits.upper))
+
+
+def test_re_arming_keeps_the_grippers_last_command():
+    safety = armed_filter()
+    drive(safety, PROFILE.start_pose, 2)
+    measured = PROFILE.start_pose.copy()
+    measured[[6, 13]] = 0.35  # an object keeps the fingers open; the command says closed
+    keep = np.full(14, np.nan)
+    keep[[6, 13]] = 0.0
+    safety.disable()
+    safety.enable(1.0, measured, keep)
+    held = safety.step(1.02, None, measured, "hold_no_chunk").command
+    assert held[6] == held[13] == 0.0
+    np.testing.assert_array_equal(held[:6], measured[:6])
 
 
 @pytest.mark.parametrize("measured,match", [

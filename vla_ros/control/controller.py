@@ -4,6 +4,10 @@ Per tick: gate the inputs -> ask the chunk executor for the target one tick ahea
 filter turns it into the command to send (or a braking hold, or nothing). The caller owns
 threads, clocks and messages; everything here is plain numpy and float seconds, so the same
 object runs against live topics, a recorded bag or a test's synthetic stream.
+
+Two clocks: `now` (the ROS clock, the clock of the header stamps) dates inputs and chunks; `steady`
+(a monotonic clock; `now` when not given, e.g. in bag time) runs every safety duration (soft
+start, hold timeout), so that a jump of the ROS clock neither disables nor triggers them.
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ class ControllerConfig:
     soft_start_speed_scale: that scale, in (0, 1].
     hold_fault_timeout: holding longer than this faults; re-enable needed (s).
     velocity_scale, acceleration_scale: scales in (0, 1] on the profile's limits.
+    track_measured: False when the arm does not follow the commands (dry runs, bag replay): no
+        tracking bound, and stops hold the last command instead of settling onto the measured pose.
     """
 
     dt: float | None = None
@@ -48,6 +54,7 @@ class ControllerConfig:
     hold_fault_timeout: float = 2.0
     velocity_scale: float = 1.0
     acceleration_scale: float = 1.0
+    track_measured: bool = True
 
     def __post_init__(self):
         def fail(name, requirement):
@@ -64,6 +71,9 @@ class ControllerConfig:
                     fail(f.name, f"an integer >= {minimum}")
             elif f.name == "dt" and value is None:
                 continue
+            elif f.name == "track_measured":
+                if not isinstance(value, bool):
+                    fail(f.name, "a bool")
             elif isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 fail(f.name, "a finite number")
         positive = ("dt", "max_joint_state_age", "max_camera_age", "hold_fault_timeout")
@@ -111,21 +121,30 @@ class Controller:
             soft_start_speed_scale=config.soft_start_speed_scale,
             hold_fault_timeout=config.hold_fault_timeout,
         )
-        self.safety = SafetyFilter(self.limits, self.dt)
+        self.safety = SafetyFilter(self.limits, self.dt, track=config.track_measured)
+        self._last_emitted: np.ndarray | None = None  # survives sessions: the grippers' last goals
         self.chunk_counters: dict[str, int] = {}
         self.ticks = 0
         self.commands_emitted = 0
         self._last_now: float | None = None
+        self._last_steady: float | None = None
         self._last_gate: GateResult | None = None
         self._last_chunk_latency = math.nan
 
     # --- commands from the operator -----------------------------------------------------------
 
-    def enable(self, now: float, measured) -> None:
-        """Arm: ramp from the measured pose. Raises ArmingError (e-stop latched, bad pose)."""
+    def enable(self, now: float, measured, steady: float | None = None) -> None:
+        """Arm: ramp from the measured pose, each gripper from its last command (re-arming
+        mid-grasp keeps a closed gripper closed until a chunk moves it). Raises ArmingError
+        (e-stop latched, bad pose)."""
         if not self.safety.armed:
             self.executor.clear()
-        self.safety.enable(now, measured)
+        keep = None
+        if self._last_emitted is not None:
+            keep = np.full(self.profile.action_dim, np.nan)
+            grippers = list(self.profile.gripper_indices)
+            keep[grippers] = self._last_emitted[grippers]
+        self.safety.enable(now if steady is None else steady, measured, keep)
 
     def disable(self) -> None:
         self.safety.disable()
@@ -135,6 +154,20 @@ class Controller:
         """Latch: this very tick on, only braking holds go out. Reset: disarmed, re-enable to move."""
         self.safety.set_estop(active)
         self.executor.clear()
+
+    def set_scales(self, velocity_scale: float, acceleration_scale: float) -> None:
+        """Scale the profile's velocity and acceleration limits while running (see SafetyFilter.set_limits)."""
+        for name, value in (("velocity_scale", velocity_scale), ("acceleration_scale", acceleration_scale)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+                raise ValueError(f"{name} must be in (0, 1], got {value!r}")
+        self.safety.set_limits(self.profile.velocity_limit * velocity_scale,
+                               self.profile.acceleration_limit * acceleration_scale)
+
+    def set_tracking(self, track: bool) -> None:
+        """Whether the arm follows the commands (False: dry run); only while disarmed."""
+        if self.safety.state != "disarmed":
+            raise ValueError(f"tracking can change only while disarmed (now {self.safety.state})")
+        self.safety.track = bool(track)
 
     def wants_chunks(self) -> bool:
         """Whether predicting is worth it now (armed); a plain read, safe without the lock."""
@@ -172,10 +205,12 @@ class Controller:
 
     # --- the tick -----------------------------------------------------------------------------
 
-    def tick(self, now: float, measured, joint_state_stamps, camera_stamps) -> TickResult:
+    def tick(self, now: float, measured, joint_state_stamps, camera_stamps,
+             steady: float | None = None) -> TickResult:
         """One control period: the command to publish now (None = nothing) and why."""
         self.ticks += 1
         self._last_now = now
+        self._last_steady = now if steady is None else steady
         gate = self.check_inputs(now, joint_state_stamps, camera_stamps)
         self._last_gate = gate
         target, hold_reason = None, None
@@ -186,9 +221,10 @@ class Controller:
                 target = self.executor.target(now)
                 if target is None:
                     hold_reason = "hold_no_chunk"
-        result = self.safety.step(now, target, measured, hold_reason)
+        result = self.safety.step(now if steady is None else steady, target, measured, hold_reason)
         if result.command is not None:
             self.commands_emitted += 1
+            self._last_emitted = result.command
         if not self.safety.armed and self.executor.live_chunks:
             self.executor.clear()  # a fault leaves nothing to resume from
         return TickResult(result.command, result.state, gate.reasons + tuple(result.interventions))
@@ -207,7 +243,7 @@ class Controller:
             "chunks_live": self.executor.live_chunks,
             "chunk_time_left_s": (covered - now) if covered is not None and now is not None else 0.0,
             "last_chunk_latency_s": self._last_chunk_latency,
-            "holding_s": self.safety.hold_duration(now) if now is not None else 0.0,
+            "holding_s": self.safety.hold_duration(self._last_steady) if self._last_steady is not None else 0.0,
             "chunk_blend": self.config.chunk_blend,
         }
         values.update(self.chunk_counters)

@@ -21,11 +21,31 @@ that braking step, so they come to rest within the acceleration cap and then emi
 command (stationary). Only the tracking interval (a measured pose that moved further than the
 command may follow) can make it empty: that is a fault.
 
-The e-stop is the one deliberate exception to the acceleration cap: from the tick it is latched,
-the filter repeats the last command (zero commanded velocity), because braking at the cap could
-carry an arm up to velocity^2 / (2 * acceleration) further (0.6 rad at pi rad/s and 8 rad/s^2)
-after someone pressed stop. Position limits, tracking and finiteness still hold: when even the
-last command is out of tracking range, nothing is emitted (the controller holds its last point).
+Stops that let go. An e-stop or a fault ends the session, but the filter keeps emitting: a
+position servo pushes toward its last goal forever (xs_sdk has no command timeout), so a goal
+left where a blocked arm cannot follow keeps it pushing. On the tick it is latched (e-stop) or
+found (fault) the filter repeats the last command: zero commanded velocity at once. That tick is
+the one deliberate exception to the acceleration cap, because braking at the cap could carry an
+arm up to velocity^2 / (2 * acceleration) further (0.6 rad at pi rad/s and 8 rad/s^2) after
+someone pressed stop. From the next tick on the command of every arm joint settles onto the
+measured pose from rest, within the velocity and acceleration caps (no jump) and without
+overshoot, then holds it (within `settle_deadband`, the servo's resolution). A joint measured
+further than twice the tracking bound from its command (no arm gets there: the tracking fault
+comes first) reads garbage and holds its command. Grippers keep their
+last command (`stop_mask` False): settling a gripper onto its measured opening would release
+what it holds; its force is bounded by the servo's current limit. Without a usable measured pose
+(or with tracking off, dry runs) the stop holds the last command. Settling closes the distance
+to the measured pose from at most twice the tracking bound, so position limits and finiteness
+keep holding and the distance to the measured pose only shrinks while the arm stands still.
+
+Live limits: set_limits() changes the velocity and acceleration caps while the filter runs. A
+lower velocity cap applies at once: the braking step stays allowed, so a faster arm slows down
+at the acceleration cap. A higher acceleration cap applies at once too (braking room only grows).
+A lower acceleration cap waits until the commands are at rest, because the braking room of the
+motion under way was computed with the old cap.
+
+Time: every duration here (soft start, hold timeout) is measured on the `now` the caller passes
+to enable() and step(); the ROS node passes a monotonic clock, so ROS-time jumps change none.
 
 Implementation note: upper and lower bounds are computed together as one (2, n) array holding
 [upper bound, -lower bound] (mirror trick), which halves the numpy calls of a tick.
@@ -34,7 +54,7 @@ Implementation note: upper and lower bounds are computed together as one (2, n) 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 
 import numpy as np
 
@@ -60,6 +80,8 @@ class SafetyLimits:
     acceleration: np.ndarray
     tracking: np.ndarray
     names: tuple[str, ...] = ()
+    stop_mask: tuple[bool, ...] = ()  # joints that settle onto the measured pose on a stop (default all)
+    settle_deadband: tuple[float, ...] = ()  # settled when this close to the measured pose (default 0)
     soft_start_time: float = 2.0
     soft_start_speed_scale: float = 0.25
     hold_fault_timeout: float = 2.0
@@ -88,6 +110,13 @@ class SafetyLimits:
         object.__setattr__(self, "names", tuple(self.names) or tuple(f"joint{i}" for i in range(size)))
         if len(self.names) != size:
             raise ValueError(f"SafetyLimits.names has {len(self.names)} entries, expected {size}")
+        object.__setattr__(self, "stop_mask", tuple(bool(v) for v in self.stop_mask) or (True,) * size)
+        deadband = tuple(float(v) for v in self.settle_deadband) or (0.0,) * size
+        if len(self.stop_mask) != size or len(deadband) != size:
+            raise ValueError(f"SafetyLimits.stop_mask and settle_deadband need {size} entries")
+        if not all(math.isfinite(v) and v >= 0 for v in deadband):
+            raise ValueError("SafetyLimits.settle_deadband must be finite and >= 0")
+        object.__setattr__(self, "settle_deadband", deadband)
         for name, low, high, low_open in (("soft_start_time", 0.0, math.inf, False),
                                           ("soft_start_speed_scale", 0.0, 1.0, True),
                                           ("hold_fault_timeout", 0.0, math.inf, True)):
@@ -105,9 +134,12 @@ class SafetyLimits:
         unknown = sorted(set(overrides) - known)
         if unknown:
             raise ValueError(f"SafetyLimits.from_profile: unknown field(s) {unknown}; known: {sorted(known)}")
+        grippers = set(profile.gripper_indices)
         values = dict(lower=profile.safe_lower(), upper=profile.safe_upper(), velocity=profile.velocity_limit,
                       acceleration=profile.acceleration_limit, tracking=profile.tracking_limit,
-                      names=profile.vector_names)
+                      names=profile.vector_names,
+                      stop_mask=tuple(i not in grippers for i in range(profile.action_dim)),
+                      settle_deadband=tuple(profile.settle_deadband))
         values.update(overrides)
         return cls(**values)
 
@@ -139,11 +171,13 @@ class SafetyFilter:
 
     States: disarmed (nothing emitted), ramping (soft start: velocity scaled down for
     soft_start_time after enable), running, holding (no usable target: brake, then stay; re-arms by
-    itself when targets return, faults after hold_fault_timeout), fault (nothing emitted until
-    enable), estopped (latched: brake and hold until set_estop(False), which disarms).
+    itself when targets return, faults after hold_fault_timeout), fault (stop: settle onto the
+    measured pose and hold it until enable), estopped (latched: the same stop until
+    set_estop(False), which disarms). ``track=False`` (dry runs, bag replay: the arm does not
+    follow the commands) ignores the measured pose after enable: no tracking bound, stops hold.
     """
 
-    def __init__(self, limits: SafetyLimits, dt: float):
+    def __init__(self, limits: SafetyLimits, dt: float, track: bool = True):
         if not (isinstance(dt, (int, float)) and math.isfinite(dt) and dt > 0):
             raise ValueError(f"SafetyFilter dt must be a positive number of seconds, got {dt!r}")
         self.limits = limits
@@ -151,6 +185,11 @@ class SafetyFilter:
         self.step_cap = limits.velocity * self.dt
         self.accel_cap = limits.acceleration * self.dt * self.dt
         self._ramp_step_cap = self.step_cap * limits.soft_start_speed_scale
+        self.track = bool(track)
+        self._stop_mask = np.array(limits.stop_mask)
+        self._settle_deadband = np.array(limits.settle_deadband)
+        self._stop_fresh = False  # the next stop tick is the first: zero velocity at once
+        self._pending_accel_cap: np.ndarray | None = None  # a lower acceleration cap, due at rest
         self._mirror = np.array([[1.0], [-1.0]])
         self._mirrored_limits = np.stack([limits.upper, -limits.lower])
         span = limits.upper - limits.lower
@@ -181,6 +220,27 @@ class SafetyFilter:
     def last_command(self) -> np.ndarray | None:
         return None if self._command is None else self._command.copy()
 
+    def set_limits(self, velocity, acceleration) -> None:
+        """New velocity and acceleration limits (see "Live limits" above)."""
+        velocity = np.asarray(velocity, dtype=np.float64)
+        acceleration = np.asarray(acceleration, dtype=np.float64)
+        for name, value in (("velocity", velocity), ("acceleration", acceleration)):
+            if value.shape != self.limits.lower.shape or not np.isfinite(value).all() or (value <= 0).any():
+                raise ValueError(f"{name} limits must be {self.limits.lower.size} positive numbers")
+        self.limits = replace(self.limits, velocity=velocity, acceleration=acceleration)
+        self.step_cap = velocity * self.dt
+        self._ramp_step_cap = self.step_cap * self.limits.soft_start_speed_scale
+        self._pending_accel_cap = acceleration * self.dt * self.dt
+        self._apply_pending_accel()
+
+    def _apply_pending_accel(self) -> None:
+        pending = self._pending_accel_cap
+        if pending is None:
+            return
+        at_rest = self._velocity is None or not self._velocity.any()
+        if at_rest or (pending >= self.accel_cap).all():
+            self.accel_cap, self._pending_accel_cap = pending, None
+
     def hold_duration(self, now: float) -> float:
         return 0.0 if self._hold_since is None else max(now - self._hold_since, 0.0)
 
@@ -188,8 +248,10 @@ class SafetyFilter:
         self.counters[kind] = self.counters.get(kind, 0) + 1
         interventions.append(kind)
 
-    def enable(self, now: float, measured) -> None:
-        """Arm from the measured pose (at rest). A no-op while already armed."""
+    def enable(self, now: float, measured, keep=None) -> None:
+        """Arm from the measured pose (at rest). A no-op while already armed. ``keep``: a pose
+        whose finite entries replace the measured ones as the start (the grippers' last commands:
+        re-arming mid-grasp must not open a closed gripper)."""
         if self._estop:
             raise ArmingError("e-stop is latched: reset it before enabling")
         if self._mode in _ARMED:
@@ -210,7 +272,12 @@ class SafetyFilter:
             i = far[0]
             raise ArmingError(f"{self.limits.names[i]} measured at {pose[i]:.4f} is outside the safe range "
                               f"[{self.limits.lower[i]:.4f}, {self.limits.upper[i]:.4f}]: move it inside first")
-        self._command = pose.copy()
+        start = pose.copy()
+        if keep is not None:
+            kept = np.asarray(keep, dtype=np.float64)
+            use = np.isfinite(kept) & (kept >= self.limits.lower) & (kept <= self.limits.upper)
+            start[use] = kept[use]
+        self._command = start
         self._velocity = np.zeros_like(pose)
         self._ramp_end = now + self.limits.soft_start_time
         self._mode = RAMPING if self.limits.soft_start_time > 0 else RUNNING
@@ -226,20 +293,42 @@ class SafetyFilter:
         self._hold_since = None
 
     def set_estop(self, active: bool) -> None:
-        """Latch (brake and hold from the next step on) or reset (which disarms) the e-stop."""
+        """Latch (stop from the next step on, see the module docstring) or reset (which disarms)."""
         if active and not self._estop:
             self.counters["estop_latched"] = self.counters.get("estop_latched", 0) + 1
+            self._stop_fresh = True
         elif not active and self._estop:
             self.disable()
         self._estop = bool(active)
 
     def _fault(self, reason: str, interventions: list[str]) -> StepResult:
+        """Stop: this tick repeats the last command, the next ones settle (see the docstring)."""
         self._count(reason, interventions)
         self.fault_reason = reason
         self._mode = FAULT
-        self._command = self._velocity = None
         self._hold_since = None
-        return StepResult(None, self.state, interventions)
+        self._stop_fresh = True
+        return self._stop_step(None, interventions)
+
+    def _stop_step(self, tracked, interventions: list[str]) -> StepResult:
+        """One tick of a stop (e-stop or fault): zero velocity on the first, then settle the arm
+        joints onto the measured pose within the caps, and hold."""
+        self._last_target = None
+        if self._stop_fresh:
+            self._stop_fresh = False
+            self._velocity = np.zeros_like(self._command)
+            # Only a session's start pose may lie outside the range (by less than one first step,
+            # see enable): a stop before the first command brings it inside from rest.
+            self._command = np.clip(self._command, self.limits.lower, self.limits.upper)
+            return StepResult(self._command.copy(), self.state, interventions)
+        desired = self._command.copy()
+        if tracked is not None and self.track:
+            gap = np.abs(tracked - self._command)
+            settle = self._stop_mask & (gap > self._settle_deadband) & (gap <= 2.0 * self.limits.tracking)
+            desired[settle] = np.clip(tracked[settle], self.limits.lower[settle], self.limits.upper[settle])
+        if np.array_equal(desired, self._command) and not self._velocity.any():
+            return StepResult(self._command.copy(), self.state, interventions)
+        return self._emit(desired, None, [])
 
     # --- the tick ---------------------------------------------------------------------------
 
@@ -247,7 +336,8 @@ class SafetyFilter:
         """One tick: the command to send now (None = nothing), given the policy target (None when
         there is none; `hold_reason` says why, e.g. 'hold_stale') and the measured pose."""
         interventions: list[str] = []
-        if self._command is None or (self._mode not in _ARMED):
+        self._apply_pending_accel()
+        if self._command is None or self._mode == DISARMED:
             return StepResult(None, self.state, interventions)
 
         tracked = None
@@ -256,13 +346,10 @@ class SafetyFilter:
             if tracked.shape != self._command.shape or not np.isfinite(tracked).all():
                 tracked = None
         desired = None
-        if self._estop:
-            self._last_target = None
-            self._count("estop", interventions)
-            self._velocity = np.zeros_like(self._command)
-            if tracked is not None and (np.abs(self._command - tracked) > self.limits.tracking).any():
-                return StepResult(None, self.state, interventions)
-            return StepResult(self._command.copy(), self.state, interventions)
+        if self._estop or self._mode == FAULT:
+            if self._estop:
+                self._count("estop", interventions)
+            return self._stop_step(tracked, interventions)
         else:
             if target is None:
                 reason = hold_reason or "hold_no_target"
@@ -308,7 +395,7 @@ class SafetyFilter:
             cut = self._mirror * step > bounds
             if cut.any():
                 self._count_binding(cut, room <= motion, step_cap <= self._mirror * velocity + accel, interventions)
-        if tracked is not None:
+        if tracked is not None and self.track:
             track = self._mirror * (tracked - command) + self.limits.tracking
             if (track + bounds[::-1]).min() < 0.0:  # an interval with low > high
                 return self._fault("fault_tracking", interventions)

@@ -97,6 +97,7 @@ class RobotProfile:
     velocity_limit: np.ndarray
     acceleration_limit: np.ndarray
     tracking_limit: np.ndarray
+    settle_deadband: np.ndarray
     limit_margin: np.ndarray
     start_pose: np.ndarray
 
@@ -287,6 +288,7 @@ def load_profile(name_or_path: str | os.PathLike) -> RobotProfile:
     velocity = r.vector(limits, "velocity", "limits.velocity", per_arm)
     acceleration = r.vector(limits, "acceleration", "limits.acceleration", per_arm)
     tracking = r.vector(limits, "tracking", "limits.tracking", per_arm)
+    settle_deadband = r.vector(limits, "settle_deadband", "limits.settle_deadband", per_arm, min_value=0.0)
     for key, values in (("velocity", velocity), ("acceleration", acceleration), ("tracking", tracking)):
         nonpositive = np.nonzero(values <= 0)[0]
         if nonpositive.size:
@@ -365,6 +367,7 @@ def load_profile(name_or_path: str | os.PathLike) -> RobotProfile:
         velocity_limit=tile(velocity),
         acceleration_limit=tile(acceleration),
         tracking_limit=tile(tracking),
+        settle_deadband=tile(settle_deadband),
         limit_margin=tile(margin),
         start_pose=tile(start),
         **maps,
