@@ -452,6 +452,12 @@ def test_fsdp_two_processes_on_gloo_shard_the_model_and_write_a_loadable_checkpo
     trained = policy.backbone.language_model().layers[0].self_attn.q_proj.weight
     assert not any("lora_" in name for name, _ in policy.named_parameters())
     assert not torch.equal(trained, initial), "the trained adapters were folded into the saved weights"
+    # the trainer state is sharded per process: resuming is refused in one line, on every rank
+    result = subprocess.run([*command, "--resume"], capture_output=True, text=True, timeout=300, env=env,
+                            cwd=Path(__file__).resolve().parents[2])
+    assert result.returncode != 0 and "--resume is not supported with train.distributed: fsdp" in result.stderr
+    # (torchrun itself prints a traceback of its agent when a worker exits non-zero; none is ours)
+    assert not [line for line in result.stderr.splitlines() if 'File "' in line and "vla_ros" in line]
 
 
 def _lora_tiny():
@@ -492,3 +498,11 @@ def test_an_instruction_the_tokenizer_would_lose_part_of_is_refused(model_dirs, 
                  "--steps", "1") == 1
     error = capsys.readouterr().err.strip()
     assert "over max_text_tokens 3" in error and "\n" not in error
+
+
+def test_checkpoints_made_before_the_bpe_tokenizer_keep_their_own():
+    bundled = Path(__file__).resolve().parents[2] / "checkpoints" / "transfer_cube_default"
+    tokenizer = load_checkpoint(bundled).backbone.tokenizer
+    assert type(tokenizer.backend_tokenizer.model).__name__ == "WordLevel"
+    assert tokenizer.get_vocab() == PreTrainedTokenizerFast(
+        tokenizer_file=str(bundled / "backbone" / "tokenizer.json")).get_vocab()

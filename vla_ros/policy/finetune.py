@@ -424,15 +424,15 @@ def run(args, config: dict) -> dict:
     if existing and not args.resume:
         raise TrainSetupError(f"{output}: exists and is not empty; pass --resume to continue it or choose "
                               "a new directory")
+    if args.resume and config["train"].get("distributed") == "fsdp" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise TrainSetupError("--resume is not supported with train.distributed: fsdp yet (its trainer state is "
+                              "sharded per process); resume with ddp or start a new run")
     prepared = Prepared(args, config)  # every input check happens here, before OUT is written
     train_config = prepared.train_config
     rank, world, device = _distributed_setup(train_config.device)
     train_config.device = str(device)
     scratch = None
     sharded = world > 1 and train_config.distributed == "fsdp"
-    if sharded and args.resume:
-        raise TrainSetupError("--resume is not supported with train.distributed: fsdp yet (its trainer state is "
-                              "sharded per process); resume with ddp or start a new run")
     if rank == 0:
         trainer_dir = output
     else:
