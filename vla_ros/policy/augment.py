@@ -61,23 +61,26 @@ class ImageAugment:
         batch, count, height, width, _ = images.shape
         x = images.permute(0, 1, 4, 2, 3).reshape(batch * count, 3, height, width).float()
         n = batch * count
-        geometric = torch.tensor([0.0 if "wrist" in cam else 1.0 for cam in cameras]).repeat(batch)
-        if geometric.any() and (self.crop_scale < 1.0 or self.rotate_degrees > 0.0):
-            angle = torch.deg2rad((torch.rand(n, generator=generator) * 2 - 1) * self.rotate_degrees) * geometric
-            scale = 1.0 - (1.0 - self.crop_scale) * geometric
-            shift = (torch.rand(n, 2, generator=generator) * 2 - 1) * (1.0 - scale)[:, None]
-            cos, sin = torch.cos(angle) * scale, torch.sin(angle) * scale
+        moved = torch.tensor(["wrist" not in cam for cam in cameras]).repeat(batch).nonzero().flatten()
+        if len(moved) and (self.crop_scale < 1.0 or self.rotate_degrees > 0.0):
+            chosen = len(moved)
+            angle = torch.deg2rad((torch.rand(chosen, generator=generator) * 2 - 1) * self.rotate_degrees)
+            shift = (torch.rand(chosen, 2, generator=generator) * 2 - 1) * (1.0 - self.crop_scale)
+            cos, sin = torch.cos(angle) * self.crop_scale, torch.sin(angle) * self.crop_scale
             theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
-            grid = F.affine_grid(theta, (n, 3, height, width), align_corners=False)
-            x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+            grid = F.affine_grid(theta, (chosen, 3, height, width), align_corners=False)
+            x[moved] = F.grid_sample(x[moved], grid, mode="bilinear", padding_mode="border", align_corners=False)
 
         def factor(spread: float) -> torch.Tensor:
-            return (1.0 + (torch.rand(n, generator=generator) * 2 - 1) * spread)[:, None, None, None]
+            return 1.0 + (torch.rand(n, generator=generator) * 2 - 1) * spread
 
-        x = x * factor(self.brightness)
-        gray = (x * GRAY[None, :, None, None]).sum(1, keepdim=True)
-        x = (x - gray.mean((2, 3), keepdim=True)) * factor(self.contrast) + gray.mean((2, 3), keepdim=True)
-        gray = (x * GRAY[None, :, None, None]).sum(1, keepdim=True)
-        x = (x - gray) * factor(self.saturation) + gray
-        x = x.clamp(0, 255).round().to(torch.uint8)
+        # brightness b, then contrast c about the mean gray level m, then saturation s about each
+        # pixel's gray: all linear in the pixel, so one 3x3 matrix and offset per image:
+        # x -> c b S x + (1 - c) b m, with S = s I + (1 - s) 1 w^T (w: luma weights; S 1 = 1)
+        b, c, sat = factor(self.brightness), factor(self.contrast), factor(self.saturation)
+        mean_gray = torch.einsum("c,nchw->n", GRAY, x) / (height * width)
+        saturation = sat[:, None, None] * torch.eye(3) + (1 - sat)[:, None, None] * GRAY[None, None, :]
+        matrix = (c * b)[:, None, None] * saturation
+        offset = ((1 - c) * b * mean_gray)[:, None, None, None]
+        x = torch.einsum("nij,njhw->nihw", matrix, x).add_(offset + 0.5).clamp_(0, 255).to(torch.uint8)  # rounded
         return x.reshape(batch, count, 3, height, width).permute(0, 1, 3, 4, 2).contiguous()
