@@ -144,3 +144,28 @@ def test_a_short_video_fails_the_cache_build_cleanly(tmp_path):
         DatasetSamples(LeRobotDataset(dataset.root), [0, 1], ["cam"], 3, (8, 8), max_memory_bytes=0,
                        cache_dir=tmp_path / "cache")
     assert [p.name for p in (tmp_path / "cache").iterdir() if not p.name.endswith(".lock")] == []
+
+
+def _build_in_child(root, cache, queue):
+    samples = DatasetSamples(LeRobotDataset(root), [0, 1], ["cam", "wrist"], 3, (12, 12), max_memory_bytes=0,
+                             cache_dir=cache)
+    queue.put((samples.cache.built, samples.batch_for_step(0, 4, seed=1)["images"].numpy().tobytes()))
+
+
+def test_concurrent_runs_build_the_cache_once(tmp_path):
+    """DDP ranks on one host start together: one builds the cache, the others wait and reuse it."""
+    import multiprocessing
+
+    write_frames_dataset(tmp_path / "ds")
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    children = [context.Process(target=_build_in_child, args=(tmp_path / "ds", tmp_path / "cache", queue))
+                for _ in range(3)]
+    for child in children:
+        child.start()
+    results = [queue.get(timeout=120) for _ in children]
+    for child in children:
+        child.join(timeout=60)
+        assert child.exitcode == 0
+    assert sorted(built for built, _ in results) == [False, False, True]
+    assert len({images for _, images in results}) == 1
