@@ -73,6 +73,7 @@ def test_frames_streamed_from_the_disk_cache_equal_the_in_memory_ones(tmp_path):
     assert not list((tmp_path / "cache").glob("*.tmp-*"))
 
 
+@pytest.mark.slow
 def test_training_benchmark_reports_streaming_throughput_and_peak_memory(tmp_path, capsys):
     import json
 
@@ -152,6 +153,7 @@ def _build_in_child(root, cache, queue):
     queue.put((samples.cache.built, samples.batch_for_step(0, 4, seed=1)["images"].numpy().tobytes()))
 
 
+@pytest.mark.slow
 def test_concurrent_runs_build_the_cache_once(tmp_path):
     """DDP ranks on one host start together: one builds the cache, the others wait and reuse it."""
     import multiprocessing
