@@ -412,3 +412,14 @@ def test_episodes_appended_the_way_lerobot_resumes_read_back(own_dataset, tmp_pa
     schemas = [dict(zip(t.column_names, t.schema.types)) for t in
                (pq.read_table(p) for p in sorted((root / "meta/episodes").glob("*/*.parquet")))]
     assert schemas[0] == schemas[1]
+
+
+def test_vla_ros_train_runs_on_a_lerobot_written_dataset(av1_dataset, tmp_path):
+    """The issue's first failure: `vla-ros train` on what LeRobot wrote (here: AV1, packed, chunked,
+    dict-form names, pandas-indexed tasks) trains and saves a policy."""
+    from vla_ros.policy import finetune
+
+    code = finetune.main(["--dataset", str(av1_dataset), "--output", str(tmp_path / "run"), "--steps", "1",
+                          "--batch-size", "2", "--threads", "1", "--quiet"])
+    assert code == 0
+    assert (tmp_path / "run" / "policy" / "model.safetensors").is_file()
