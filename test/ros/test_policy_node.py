@@ -16,13 +16,13 @@ import torch
 import yaml
 from diagnostic_msgs.msg import DiagnosticArray
 from sensor_msgs.msg import Image, JointState
-from std_msgs.msg import Bool
+from std_msgs.msg import Bool, String
 from std_srvs.srv import SetBool, Trigger
 
 from vla_ros.policy.checkpoint import build_random_policy, load_checkpoint, save_checkpoint
 from vla_ros.robot.profile import config_dir, load_profile
 from vla_ros.ros import convert
-from vla_ros.ros.qos import image_qos, state_qos
+from vla_ros.ros.qos import estop_qos, image_qos, state_qos
 from vla_ros.ros.command_interfaces import CommandLog, InterbotixDriverState
 from vla_ros.ros.follower_setup import InterbotixDriverServices
 from vla_ros.ros.processes import NodeProcess, Probe, module_command, ros_context
@@ -71,6 +71,7 @@ class Feeder:
     def __init__(self, probe: Probe, profile, pose: np.ndarray, commands: CommandLog):
         self.probe, self.profile, self.pose, self.commands = probe, profile, pose, commands
         self.send_joints = self.send_camera = True
+        self.follow = True  # False: the arm is blocked (or a dry run): the measured pose stays
         self.reorder_names = False
         self.bad_image = None  # None, "encoding" or "size"
         self.last_camera_stamp = None
@@ -85,6 +86,8 @@ class Feeder:
         return self.probe.node.get_clock().now()
 
     def follow_commands(self) -> None:
+        if not self.follow:
+            return
         commanded = np.isfinite(self.commands.pose)
         self.pose[commanded] = self.commands.pose[commanded]
 
@@ -423,3 +426,124 @@ def test_ros2_control_commands_match_the_controllers(session_factory, assets, tm
         for msg in s.log.messages[arm.gripper_command_topic]:
             assert min(finger.open, finger.close) - 1e-6 <= msg.points[0].positions[0] <= max(finger.open, finger.close) + 1e-6
     assert s.log.rejections == []
+
+
+def set_parameters(s: Session, **values):
+    from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
+    from rcl_interfaces.srv import SetParameters
+
+    kinds = {bool: (ParameterType.PARAMETER_BOOL, "bool_value"), float: (ParameterType.PARAMETER_DOUBLE, "double_value"),
+             str: (ParameterType.PARAMETER_STRING, "string_value"), int: (ParameterType.PARAMETER_INTEGER, "integer_value")}
+    request = SetParameters.Request()
+    for name, value in values.items():
+        kind, field = kinds[type(value)]
+        request.parameters.append(Parameter(name=name, value=ParameterValue(type=kind, **{field: value})))
+    response = s.probe.call(SetParameters, "/policy_node/set_parameters", request, 20.0, s.node)
+    return [(r.successful, r.reason) for r in response.results]
+
+
+def test_parameters_are_live_or_refused_with_a_reason(session_factory):
+    s = session_factory()
+    assert set_parameters(s, velocity_scale=0.1) == [(True, "")]
+    s.probe.wait_for(lambda: s.latest().get("velocity_scale") == "0.1", 5.0, "velocity_scale applied", s.node)
+    assert set_parameters(s, instruction="pick up the cube") == [(True, "")]
+    s.probe.wait_for(lambda: s.latest().get("instruction") == "pick up the cube", 5.0, "instruction applied", s.node)
+    ok, reason = set_parameters(s, hold_fault_timeout="banana")[0]
+    assert not ok and "read-only" in reason
+    ok, reason = set_parameters(s, velocity_scale="banana")[0]
+    assert not ok and "'velocity_scale' must be a float" in reason
+    ok, reason = set_parameters(s, velocity_scale=3.0)[0]
+    assert not ok and "<= 1.0" in reason
+    ok, reason = set_parameters(s, instruction="x" * 5000)[0]
+    assert not ok and "max_instruction_length" in reason
+    assert s.enable_when_inputs_fresh().success
+    ok, reason = set_parameters(s, dry_run=True)[0]
+    assert not ok and "only while disarmed" in reason
+    assert s.enable(False).success
+    assert set_parameters(s, dry_run=True) == [(True, "")]
+    assert s.latest() and s.node.alive()
+    # With velocity_scale 0.1 every step is within a tenth of the velocity limit.
+    assert set_parameters(s, dry_run=False) == [(True, "")]
+    armed_at = s.probe.node.get_clock().now().nanoseconds * 1e-9
+    assert s.enable_when_inputs_fresh().success
+    s.probe.spin_for(1.0)
+    targets = [t for received, t in s.targets(0) if received > armed_at]
+    steps = np.abs(np.diff(np.array(targets), axis=0))
+    cap = s.profile.velocity_limit[:7] * DT * 0.1 + 1e-6
+    assert len(targets) > 10 and (steps <= cap).all(), steps[np.nonzero((steps > cap).any(axis=1))]
+
+
+def test_a_huge_instruction_is_refused_and_the_stream_goes_on(session_factory):
+    s = session_factory()
+    assert s.enable_when_inputs_fresh().success
+    s.probe.spin_for(0.5)
+    publisher = s.probe.node.create_publisher(String, "/policy_node/instruction", state_qos())
+    s.probe.wait_for_subscribers(publisher, 1, 10.0, s.node)
+    before = len(s.commands[0])
+    publisher.publish(String(data="x" * 1_000_000))
+    s.probe.spin_for(1.0)
+    assert len(s.commands[0]) - before > 25  # still streaming
+    s.probe.wait_for(lambda: "input_errors:instruction_too_long" in s.latest(), 5.0, "the refusal counted", s.node)
+    assert s.latest()["instruction"] == "transfer the cube"
+
+
+@pytest.mark.parametrize("stop", ["estop", "fault"])
+def test_stops_end_at_the_measured_pose(session_factory, stop):
+    """The arm is blocked: its measured pose stops following the commands. After an e-stop or a
+    fault the arm commands settle onto the measured pose (no servo left pushing), then hold."""
+    s = session_factory(hold_fault_timeout=0.3)
+    assert s.enable_when_inputs_fresh().success
+    s.probe.spin_for(1.0)
+    s.feeder.follow = False
+    s.probe.spin_for(0.3)
+    blocked = s.feeder.pose.copy()
+    if stop == "estop":
+        estop = s.probe.node.create_publisher(Bool, "/vla_ros/estop", estop_qos())
+        estop.publish(Bool(data=True))
+    else:
+        s.feeder.send_camera = False  # holding until hold_fault_timeout: a fault
+    s.probe.wait_for(lambda: s.latest().get("state") == ("estopped" if stop == "estop" else "fault"), 10.0,
+                     stop, s.node)
+    s.probe.spin_for(1.5)
+    last = [t for _, t in s.targets(0)][-10:]
+    arm = slice(0, 6)
+    for target in last:
+        np.testing.assert_allclose(target[arm], blocked[arm], atol=0.0021)
+        np.testing.assert_array_equal(target, last[-1])
+
+
+def test_a_shared_estop_pressed_before_start_is_seen_and_must_be_released(session_factory, ros_domain):
+    from vla_ros.ros.processes import ros_context as context_on
+
+    with context_on(ros_domain) as context:
+        from rclpy.node import Node
+
+        panel = Node("estop_panel", context=context)
+        pressed = panel.create_publisher(Bool, "/vla_ros/estop", estop_qos())
+        pressed.publish(Bool(data=True))
+        s = session_factory()
+        s.probe.wait_for(lambda: s.latest().get("state") == "estopped", 20.0, "the latched e-stop", s.node)
+        s.probe.wait_for(lambda: s.latest().get("follower_setup") == "done", 20.0, "follower setup", s.node)
+        response = s.enable()
+        assert not response.success and "e-stop" in response.message, response.message
+        reset = s.probe.call(Trigger, "/policy_node/reset_estop", Trigger.Request(), 10.0, s.node)
+        assert not reset.success and "still pressed" in reset.message
+        pressed.publish(Bool(data=False))
+        s.probe.spin_for(0.5)
+        reset = s.probe.call(Trigger, "/policy_node/reset_estop", Trigger.Request(), 10.0, s.node)
+        assert reset.success, reset.message
+        assert s.enable_when_inputs_fresh().success
+        panel.destroy_node()
+
+
+@pytest.mark.slow
+def test_a_sixty_second_dry_run_never_faults(session_factory):
+    """In a dry run the arms do not follow the commands: no tracking fault, everything else as live."""
+    s = session_factory(dry_run=True, topic_prefix="/policy_node/dry_run", serve_driver=False)
+    s.feeder.follow = False  # live joint states of an arm that stays where it is
+    assert s.enable_when_inputs_fresh().success
+    marker = len(s.diagnostics)
+    s.probe.spin_for(60.0)
+    states = {state for _, state in s.states_since(marker)}
+    assert "fault" not in states and states & {"running", "ramping"}, states
+    assert min(s.log.counts()) > 60 * 40

@@ -167,6 +167,8 @@ class Controller:
         """Whether the arm follows the commands (False: dry run); only while disarmed."""
         if self.safety.state != "disarmed":
             raise ValueError(f"tracking can change only while disarmed (now {self.safety.state})")
+        if bool(track) != self.safety.track:
+            self._last_emitted = None  # the grippers never received the other mode's commands
         self.safety.track = bool(track)
 
     def wants_chunks(self) -> bool:

@@ -2,7 +2,9 @@
 
 Every node declares its parameters through :func:`declare_parameters`, so that `ros2 param
 describe` documents them and a bad value stops the node with a message naming the parameter,
-instead of failing later somewhere else. Parameters are declared with dynamic typing and
+instead of failing later somewhere else. At run time (`ros2 param set`) a parameter is either
+read-only (the change is refused, with the reason) or ``live``: validated like at start-up and
+handed to the node's ``on_change``, which applies it at once or refuses it with a reason. Parameters are declared with dynamic typing and
 checked here, because rclpy rejects e.g. ``rate:=50`` for a float parameter with an unhelpful
 type error; an int given for a float is accepted. Only rclpy API common to Humble..Kilted.
 """
@@ -10,11 +12,11 @@ type error; an int given for a float is accepted. Only rclpy API common to Humbl
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from rcl_interfaces.msg import ParameterDescriptor
+from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 
 
 class ParameterError(ValueError):
@@ -25,7 +27,8 @@ class ParameterError(ValueError):
 class ParamSpec:
     """One parameter: its name, default (whose type is the parameter's type) and description.
 
-    ``choices`` restricts strings; ``minimum``/``maximum`` bound numbers (inclusive)."""
+    ``choices`` restricts strings; ``minimum``/``maximum`` bound numbers (inclusive); ``live``
+    parameters can be changed while the node runs."""
 
     name: str
     default: bool | int | float | str
@@ -33,9 +36,12 @@ class ParamSpec:
     choices: tuple[str, ...] | None = None
     minimum: float | None = None
     maximum: float | None = None
+    live: bool = False
 
     def describe(self) -> str:
         text = self.description
+        if not self.live:
+            text += " [read-only at run time]"
         if self.choices:
             text += f" (one of: {', '.join(self.choices)})"
         if self.minimum is not None or self.maximum is not None:
@@ -62,11 +68,37 @@ class ParamSpec:
         return value
 
 
-def declare_parameters(node, specs: Sequence[ParamSpec]) -> dict[str, Any]:
-    """Declare every spec on ``node`` and return ``{name: validated value}``."""
+def declare_parameters(node, specs: Sequence[ParamSpec],
+                       on_change: Callable[[dict[str, Any]], str | None] | None = None) -> dict[str, Any]:
+    """Declare every spec on ``node`` and return ``{name: validated value}``. Later changes are
+    refused for read-only parameters and for every parameter when ``on_change`` is None; live
+    ones are validated and passed to ``on_change({name: value})``, which returns None (applied)
+    or the reason it refuses them."""
     values = {}
     for spec in specs:
         descriptor = ParameterDescriptor(description=spec.describe(), dynamic_typing=True)
         node.declare_parameter(spec.name, spec.default, descriptor)
         values[spec.name] = spec.validate(node.get_parameter(spec.name).value)
+    by_name = {spec.name: spec for spec in specs}
+
+    def check(parameters) -> SetParametersResult:
+        changes = {}
+        for parameter in parameters:
+            spec = by_name.get(parameter.name)
+            if spec is None:
+                continue  # rclpy's own (use_sim_time, ...)
+            if not spec.live or on_change is None:
+                return SetParametersResult(successful=False, reason=f"parameter '{spec.name}' is read-only "
+                                                                    f"while the node runs: restart it to change it")
+            try:
+                changes[spec.name] = spec.validate(parameter.value)
+            except ParameterError as exc:
+                return SetParametersResult(successful=False, reason=str(exc))
+        refusal = on_change(changes) if changes else None
+        if refusal:
+            return SetParametersResult(successful=False, reason=refusal)
+        values.update(changes)
+        return SetParametersResult(successful=True)
+
+    node.add_on_set_parameters_callback(check)
     return values

@@ -33,19 +33,22 @@ from vla_ros.ros import convert
 from vla_ros.ros.command_interfaces import make_sender
 from vla_ros.ros.follower_setup import FollowerSetupError, run_follower_setup
 from vla_ros.ros.params import ParameterError, ParamSpec, declare_parameters
-from vla_ros.ros.qos import image_qos, latest_state_qos, state_qos
+from vla_ros.ros.qos import ESTOP_TOPIC, estop_qos, image_qos, latest_state_qos, state_qos
 from vla_ros.ros.node_main import run_node
 
 PARAMETERS = (
     ParamSpec("profile", "aloha_stationary", "robot profile: bundled name (config/<name>.yaml) or a YAML path"),
     ParamSpec("checkpoint", "", "policy checkpoint directory (required)"),
-    ParamSpec("instruction", "", "language instruction; can be changed live on ~/instruction"),
+    ParamSpec("instruction", "", "language instruction; also live on ~/instruction", live=True),
+    ParamSpec("max_instruction_length", 1000, "longer instructions are refused (counted, logged); the "
+              "tokenizer would otherwise spend the control loop's time on them", minimum=1, maximum=100000),
     ParamSpec("steps", 0, "decoding steps; 0 = the checkpoint's recommended number", minimum=0, maximum=100),
     ParamSpec("device", "cpu", "torch device for inference: cpu, cuda or cuda:N"),
     ParamSpec("torch_threads", 1, "CPU threads for torch; more threads thrash when other processes share the cores",
               minimum=1, maximum=256),
     ParamSpec("deterministic", False, "zero initial noise: reproducible chunks (replay comparisons)"),
-    ParamSpec("dry_run", False, "publish commands under ~/dry_run/<the driver's topic> instead of to the arms"),
+    ParamSpec("dry_run", False, "publish commands under ~/dry_run/<the driver's topic> instead of to the arms "
+              "(no tracking bound: the arms do not follow); can change only while disarmed", live=True),
     ParamSpec("command_namespace", "", "prefix for the command topics: '' sends to the driver's own topics; "
               "robot.launch.py sets arm_guard's input namespace so that the guard is the last hop"),
     ParamSpec("follower_setup", True, "interbotix interface: before arming, do the ALOHA scripts' follower setup "
@@ -67,8 +70,9 @@ PARAMETERS = (
     ParamSpec("soft_start_time", 2.0, "after enable: ramp from the measured pose for this long (s)", minimum=0.0),
     ParamSpec("soft_start_speed_scale", 0.25, "velocity limit scale while ramping", minimum=0.01, maximum=1.0),
     ParamSpec("hold_fault_timeout", 2.0, "holding longer than this faults; re-enable needed (s)", minimum=0.01),
-    ParamSpec("velocity_scale", 1.0, "scale on the profile's velocity limits", minimum=0.01, maximum=1.0),
-    ParamSpec("acceleration_scale", 1.0, "scale on the profile's acceleration limits", minimum=0.01, maximum=1.0),
+    ParamSpec("velocity_scale", 1.0, "scale on the profile's velocity limits", minimum=0.01, maximum=1.0, live=True),
+    ParamSpec("acceleration_scale", 1.0, "scale on the profile's acceleration limits (a lower one applies once "
+              "the commands are at rest)", minimum=0.01, maximum=1.0, live=True),
     ParamSpec("diagnostics_period", 1.0, "seconds between /diagnostics messages", minimum=0.05),
 )
 
@@ -96,7 +100,7 @@ class _Inputs:
 class PolicyNode(Node):
     def __init__(self, runtime_factory=None):
         super().__init__("policy_node")
-        self.params = declare_parameters(self, PARAMETERS)
+        self.params = declare_parameters(self, PARAMETERS, self._on_parameters)
         self.profile = load_profile(self.params["profile"])
         rate = self.params["control_rate_hz"] or self.profile.control_rate_hz
         self.dt = 1.0 / rate
@@ -120,6 +124,7 @@ class PolicyNode(Node):
             hold_fault_timeout=self.params["hold_fault_timeout"],
             velocity_scale=self.params["velocity_scale"],
             acceleration_scale=self.params["acceleration_scale"],
+            track_measured=not self.params["dry_run"],
         ))
         self.controller_lock = threading.Lock()
         self.runtime = self._load_runtime(runtime_factory)
@@ -135,6 +140,8 @@ class PolicyNode(Node):
                                      lambda msg, arm=arm: self._on_joint_state(arm, msg),
                                      latest_state_qos(self.params["joint_state_qos"]))
         self.create_subscription(Bool, "~/estop", self._on_estop, state_qos())
+        self.estop_asserted = False  # the latest value on the shared e-stop topic
+        self.create_subscription(Bool, ESTOP_TOPIC, self._on_shared_estop, estop_qos())
         self.create_subscription(String, "~/instruction", self._on_instruction, state_qos())
         self.create_service(SetBool, "~/enable", self._on_enable)
         self.create_service(Trigger, "~/reset_estop", self._on_reset_estop)
@@ -143,8 +150,8 @@ class PolicyNode(Node):
         if namespace and (not namespace.startswith("/") or namespace.endswith("/") or " " in namespace):
             raise ParameterError(f"parameter 'command_namespace' must be '' or an absolute namespace such as "
                                  f"'/arm_guard/in', got {namespace!r}")
-        prefix = f"{self.get_fully_qualified_name()}/dry_run" if self.params["dry_run"] else namespace
-        self.sender = make_sender(self, self.profile, self.dt, prefix)
+        self.sender = self._make_sender(self.params["dry_run"])
+        self._pending_instruction: str | None = None
         self.diagnostics_publisher = self.create_publisher(DiagnosticArray, "/diagnostics", state_qos())
         self.create_timer(self.dt, self._on_tick)
         self.create_timer(self.params["diagnostics_period"], self._publish_diagnostics)
@@ -154,12 +161,7 @@ class PolicyNode(Node):
         self._worker.start()
         self.setup_error = ""
         self.setup_done = threading.Event()
-        if (self.params["follower_setup"] and self.profile.command_interface == "interbotix"
-                and not self.params["dry_run"]):
-            self.setup_error = "follower setup in progress"
-            threading.Thread(target=self._follower_setup, name="follower_setup", daemon=True).start()
-        else:
-            self.setup_done.set()
+        self._start_follower_setup()
         self.get_logger().info(
             f"ready (DISARMED): profile {self.profile.name}, checkpoint '{self.params['checkpoint']}', "
             f"{rate:g} Hz, cameras {list(self.profile.camera_names)}, dry_run={self.params['dry_run']}; "
@@ -190,6 +192,46 @@ class PolicyNode(Node):
             self.load_error = f"{type(exc).__name__}: {exc}"
             self.get_logger().error(f"policy not loaded, the node will refuse to arm: {self.load_error}")
             return None
+
+    def _make_sender(self, dry_run: bool):
+        prefix = f"{self.get_fully_qualified_name()}/dry_run" if dry_run else self.params["command_namespace"]
+        return make_sender(self, self.profile, self.dt, prefix)
+
+    def _start_follower_setup(self) -> None:
+        """Arming waits for the follower setup when it is needed (interbotix, live commands)."""
+        needed = (self.params["follower_setup"] and self.profile.command_interface == "interbotix"
+                  and not self.params["dry_run"])
+        if not needed:
+            self.setup_done.set()
+        elif not self.setup_done.is_set() and self.setup_error != "follower setup in progress":
+            self.setup_error = "follower setup in progress"
+            threading.Thread(target=self._follower_setup, name="follower_setup", daemon=True).start()
+
+    def _on_parameters(self, changes: dict) -> str | None:
+        """Live parameters (ros2 param set): applied at once, or refused with the reason."""
+        if "dry_run" in changes and changes["dry_run"] != self.params["dry_run"]:
+            with self.controller_lock:
+                state = self.controller.safety.state
+                if state != "disarmed":
+                    return f"dry_run can change only while disarmed (the node is {state})"
+                self.controller.set_tracking(not changes["dry_run"])
+            old, self.sender = self.sender, self._make_sender(changes["dry_run"])
+            for publisher in (p for publishers in old.publishers for p in publishers):
+                self.destroy_publisher(publisher)
+            self.params["dry_run"] = changes["dry_run"]
+            self._start_follower_setup()
+            self.get_logger().warning(f"dry_run is now {changes['dry_run']}")
+        if "velocity_scale" in changes or "acceleration_scale" in changes:
+            scales = (changes.get("velocity_scale", self.params["velocity_scale"]),
+                      changes.get("acceleration_scale", self.params["acceleration_scale"]))
+            with self.controller_lock:
+                self.controller.set_scales(*scales)
+            self.get_logger().info(f"velocity_scale {scales[0]:g}, acceleration_scale {scales[1]:g}")
+        if "instruction" in changes:
+            refusal = self._queue_instruction(changes["instruction"])
+            if refusal:
+                return refusal
+        return None
 
     def _follower_setup(self) -> None:
         """The ALOHA scripts' follower setup; arming waits for it (see follower_setup.py)."""
@@ -248,10 +290,28 @@ class PolicyNode(Node):
             self.inputs.arm_state[arm.name] = (stamp, vector)
 
     def _on_instruction(self, msg: String) -> None:
-        self.instruction = msg.data
+        refusal = self._queue_instruction(msg.data)
+        if refusal:
+            self.inputs.count_error("instruction_too_long", refusal)
+            self.get_logger().warning(refusal, throttle_duration_sec=1.0)
+
+    def _queue_instruction(self, text: str) -> str | None:
+        """Hand a new instruction to the inference thread (tokenizing is its work, never the
+        control timer's); too long ones are refused with the reason."""
+        limit = self.params["max_instruction_length"]
+        if len(text) > limit:
+            return f"instruction refused: {len(text)} characters, more than max_instruction_length {limit}"
+        self._pending_instruction = text
+        return None
+
+    def _apply_instruction(self) -> None:
+        text, self._pending_instruction = self._pending_instruction, None
+        if text is None:
+            return
+        self.instruction = text
         if self.runtime is not None:
-            self.runtime.set_instruction(msg.data)
-        self.get_logger().info(f"instruction: {msg.data!r}")
+            self.runtime.set_instruction(text)
+        self.get_logger().info(f"instruction: {text!r}")
 
     def _snapshot(self):
         """(measured 14-vector or None, joint-state stamps, camera stamps, images) under one lock."""
@@ -279,8 +339,9 @@ class PolicyNode(Node):
         self._last_tick = wall
         measured, joint_stamps, camera_stamps, _ = self._snapshot()
         with self.controller_lock:
-            result = self.controller.tick(now, measured, joint_stamps, camera_stamps)
+            result = self.controller.tick(now, measured, joint_stamps, camera_stamps, steady=wall)
         if result.state != self._last_state:
+            self._log_state(self._last_state, result)
             self._last_state = result.state
             self._publish_diagnostics()  # operators see a hold or fault when it happens
         if result.command is None:
@@ -288,11 +349,29 @@ class PolicyNode(Node):
         self.sender.send(result.command)
         self.commands_published += 1
 
+    def _log_state(self, previous: str, result) -> None:
+        """Every state change, at its level: holds are warnings (throttled: a flapping input would
+        flood the log), faults and e-stops errors."""
+        why = ",".join(result.reasons) or "-"
+        logger = self.get_logger()
+        if result.state == "holding":
+            logger.warning(f"holding ({why}): braking, then repeating the command", throttle_duration_sec=1.0)
+        elif result.state == "fault":
+            logger.error(f"FAULT ({self.controller.safety.fault_reason}): settling onto the measured pose and "
+                         f"holding; re-enable to move")
+        elif result.state == "estopped":
+            logger.error("E-STOP: settling onto the measured pose and holding; reset with ~/reset_estop")
+        elif previous == "holding" and result.state in ("running", "ramping"):
+            logger.info(f"{result.state} again: inputs and chunks are back", throttle_duration_sec=1.0)
+        else:
+            logger.info(f"state {previous or 'start'} -> {result.state}")
+
     def _inference_loop(self) -> None:
         """Predict a chunk from the newest fresh observation every replan_period while armed."""
         period = self.params["replan_period"]
         while not self._stop.is_set():
             started = time.monotonic()
+            self._apply_instruction()
             if self.runtime is not None and self.controller.wants_chunks():
                 self._predict_once()
             self._stop.wait(max(period - (time.monotonic() - started), 0.002))
@@ -340,7 +419,7 @@ class PolicyNode(Node):
                 response.success, response.message = False, f"refusing to arm: inputs not ready ({reason})"
                 return response
             try:
-                self.controller.enable(now, measured)
+                self.controller.enable(now, measured, steady=time.monotonic())
             except Exception as exc:  # e.g. e-stop latched
                 response.success, response.message = False, f"refusing to arm: {exc}"
                 return response
@@ -352,12 +431,22 @@ class PolicyNode(Node):
         if msg.data:
             with self.controller_lock:
                 self.controller.set_estop(True)
-            self.get_logger().warn("E-STOP latched: holding; reset with ~/reset_estop, then re-enable")
+            self.get_logger().error("E-STOP latched: reset with ~/reset_estop, then re-enable")
+
+    def _on_shared_estop(self, msg: Bool) -> None:
+        """The shared e-stop (transient local: a node started after the press sees it too)."""
+        self.estop_asserted = bool(msg.data)
+        self._on_estop(msg)
 
     def _on_reset_estop(self, request, response):
+        if self.estop_asserted:
+            response.success = False
+            response.message = f"the e-stop on {ESTOP_TOPIC} is still pressed: publish false there first"
+            return response
         with self.controller_lock:
             self.controller.set_estop(False)
         response.success, response.message = True, "e-stop reset; node is disarmed, re-enable to move"
+        self.get_logger().warning(response.message)
         return response
 
     # --- diagnostics ------------------------------------------------------------------------
@@ -374,6 +463,9 @@ class PolicyNode(Node):
             "policy_loaded": self.runtime is not None,
             "load_error": self.load_error,
             "command_interface": self.profile.command_interface,
+            "dry_run": self.params["dry_run"],
+            "velocity_scale": self.params["velocity_scale"],
+            "acceleration_scale": self.params["acceleration_scale"],
             "follower_setup": "done" if self.setup_done.is_set() else self.setup_error,
             "instruction": self.instruction,
             "commands_published": self.commands_published,
