@@ -144,23 +144,38 @@ def test_replay_respects_limits_and_holds_only_at_the_camera_gap(tmp_path, capsy
 
 
 @pytest.mark.slow
-def test_rearm_after_a_tracking_fault(tmp_path, capsys, setup):
-    """A fresh random policy drives far from the recording: the tracking bound faults; --rearm
-    arms again from the measured pose so the rest of the bag is still evaluated."""
+def test_the_default_evaluates_the_whole_bag_reproducibly(tmp_path, capsys, setup):
+    """A fresh random policy drives far from the recording. The recorded arm never follows the
+    replayed commands, so by default there is no tracking bound (as in a dry run), a fault would
+    re-arm, and the latency is fixed: the whole bag is evaluated, twice identically. The old
+    behaviour (--track --stop-at-fault) ends the evaluation at the first tracking fault."""
     profile_path, profile, _ = setup
     wild = save_checkpoint(build_random_policy("tiny", profile, seed=1), tmp_path / "wild")
     facts = build_aloha_bag(tmp_path / "bag", profile, BagSpec(seconds=SECONDS, camera_gap=GAP))
-    args = [str(facts.path), "--checkpoint", str(wild), "--profile", str(profile_path), "--latency", str(LATENCY)]
-    assert replay.main([*args, "--out", str(tmp_path / "a"), "--report", str(tmp_path / "a.json")]) == 0
-    assert replay.main([*args, "--out", str(tmp_path / "b"), "--report", str(tmp_path / "b.json"), "--rearm"]) == 0
+    args = [str(facts.path), "--checkpoint", str(wild), "--profile", str(profile_path)]
+    for name in "ab":
+        assert replay.main([*args, "--out", str(tmp_path / name), "--report", str(tmp_path / f"{name}.json")]) == 0
+    assert replay.main([*args, "--out", str(tmp_path / "c"), "--report", str(tmp_path / "c.json"),
+                        "--track", "--stop-at-fault"]) == 0
     capsys.readouterr()
-    once, rearmed = (json.loads((tmp_path / f"{n}.json").read_text()) for n in "ab")
-    if not once["faults"]:
-        pytest.skip("this random policy stayed within the tracking bound")
-    assert once["final_state"] == "fault" and once["rearms"] == 0
-    assert rearmed["rearms"] >= 1 and rearmed["commands"] > once["commands"]
-    ticks, commands, _, _ = read_commands(profile, tmp_path / "b")
+    first, second, stopped = (json.loads((tmp_path / f"{n}.json").read_text()) for n in "abc")
+    assert not first["faults"] and first["final_state"] != "fault"
+    ticks, commands, _, _ = read_commands(profile, tmp_path / "a")
+    ticks_again, commands_again, _, _ = read_commands(profile, tmp_path / "b")
+    np.testing.assert_array_equal(ticks, ticks_again)
+    np.testing.assert_array_equal(commands, commands_again)
+    assert (ticks[-1] - ticks[0]) * 1e-9 > SECONDS - 1.0  # commands until the end of the bag
     assert np.all(commands >= profile.safe_lower() - TOLERANCE) and np.all(commands <= profile.safe_upper() + TOLERANCE)
+    if stopped["faults"]:  # after the fault only the stop's hold at the measured pose goes out
+        assert stopped["final_state"] == "fault" and stopped["rearms"] == 0
+
+
+def test_joint_states_lacking_a_joint_name_the_joint(tmp_path, capsys, setup):
+    profile_path, profile, checkpoint = setup
+    facts = build_aloha_bag(tmp_path / "bag", profile, BagSpec(seconds=0.5, drop_joint="wrist_angle"))
+    code, out = run_replay(capsys, facts.path, tmp_path / "out", tmp_path / "report.json", setup)
+    assert code == 1
+    assert "wrist_angle" in out.err and "Traceback" not in out.err
 
 
 def _unknown_type_bag(path):

@@ -90,6 +90,7 @@ class BagSpec:
     episode_marker: str | None = None  # None | "bool" | "string"
     distro: str = "jazzy"
     latency_s: float = 0.002  # receive time = header stamp + this
+    drop_joint: str | None = None  # a joint the followers' JointStates leave out (a broken recording)
 
 
 @dataclass
@@ -133,6 +134,9 @@ def build_aloha_bag(path: str | Path, profile: RobotProfile | str | Path, spec: 
                 follower, leader = follower_vector(profile, t), leader_vector(profile, t)
                 for arm_index, arm in enumerate(profile.arms):
                     names, positions = follower_names_and_positions(profile, arm_index, follower)
+                    if spec.drop_joint in names:
+                        keep = [i for i, name in enumerate(names) if name != spec.drop_joint]
+                        names, positions = [names[i] for i in keep], [positions[i] for i in keep]
                     write(bag, arm.joint_states_topic, stamp, bag.joint_state(names, positions, stamp))
                     if spec.leaders:
                         names, positions = leader_names_and_positions(profile, arm_index, leader)

@@ -52,13 +52,20 @@ class ReplayError(ValueError):
     """The replay cannot run: bad bag, checkpoint, profile or options (message says which)."""
 
 
+DEFAULT_LATENCY_S = 0.05  # a fixed model latency: the same report on any machine, under any load
+
+
 @dataclass
 class ReplayOptions:
-    latency_s: float | None = None  # None: the measured predict time of each call
+    """Defaults evaluate the whole bag reproducibly: the recorded arm never follows the replayed
+    commands, so there is no tracking bound (as in a dry run); a fault re-arms from the measured
+    pose; the model latency is fixed. latency_s None uses each call's measured predict time."""
+
+    latency_s: float | None = DEFAULT_LATENCY_S
     replan_period: float = DEFAULT_REPLAN_PERIOD
     storage: str | None = None  # output bag storage; None: the input bag's
-    rearm: bool = False  # after a fault, arm again from the measured pose, as an operator would
-    controller: ControllerConfig = field(default_factory=ControllerConfig)
+    rearm: bool = True  # after a fault, arm again from the measured pose, as an operator would
+    controller: ControllerConfig = field(default_factory=lambda: ControllerConfig(track_measured=False))
 
 
 def _stats_ms(values_s: list[float]) -> dict:
@@ -202,8 +209,9 @@ def replay_bag(bag_path: str | Path, runtime, profile: RobotProfile, out_bag: st
                 next_tick += dt_ns
     if sim.enabled_at_ns is None:
         reasons = ", ".join(f"{k} x{v}" for k, v in sorted(sim.gate_failures.items())) or "no input messages"
+        last = f"; last input error: {latest.last_error}" if latest.last_error else ""
         raise ReplayError(f"{bag_path}: the inputs never passed the gate, so the policy was never armed "
-                          f"(gate reasons over the bag: {reasons})")
+                          f"(gate reasons over the bag: {reasons}){last}")
     wall_s = time.perf_counter() - wall_start
     bag_seconds = (last_ns - first_ns) * 1e-9
     interventions = {k: v for k, v in recorder.reasons.items() if not k.startswith(HOLD_PREFIX) and k in
@@ -330,6 +338,15 @@ def _load(args) -> tuple[RobotProfile, object]:
     return profile, runtime
 
 
+def _latency_argument(text: str) -> float | None:
+    if text == "measured":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds or 'measured', got {text!r}") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     """`vla-ros replay BAG --checkpoint DIR --out OUTBAG --report REPORT.json`; exit 1 on error."""
     parser = argparse.ArgumentParser(prog="vla-ros replay", description=__doc__.split("\n\n")[0])
@@ -339,16 +356,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report", required=True, help="JSON report path; the plot goes beside it (.png)")
     parser.add_argument("--steps", type=int, help="decoding steps (default: the checkpoint's recommendation)")
     parser.add_argument("--profile", help="robot profile name or YAML path (default: the checkpoint's)")
-    parser.add_argument("--latency", type=float, help="model inference latency as this many seconds instead of "
-                        "the measured predict time (reproducible runs)")
+    parser.add_argument("--latency", type=_latency_argument, default=DEFAULT_LATENCY_S,
+                        help=f"model inference latency in seconds (default {DEFAULT_LATENCY_S}: reproducible on any "
+                        "machine), or 'measured': each call's predict time on this machine")
     parser.add_argument("--replan-period", type=float, default=DEFAULT_REPLAN_PERIOD,
                         help="seconds between policy calls, as policy_node's replan_period")
     parser.add_argument("--chunk-blend", default=ControllerConfig.chunk_blend, choices=("ensemble", "crossfade", "replace"))
     parser.add_argument("--instruction", default="", help="language instruction")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--stochastic", action="store_true", help="sample the initial noise (default: zero noise)")
-    parser.add_argument("--rearm", action="store_true",
-                        help="after a safety fault, arm again from the measured pose (evaluate the whole bag)")
+    parser.add_argument("--stop-at-fault", action="store_true",
+                        help="end the evaluation at the first safety fault (default: re-arm from the measured "
+                        "pose and evaluate the whole bag)")
+    parser.add_argument("--track", action="store_true",
+                        help="apply the tracking bound against the recorded pose (only meaningful when the bag's "
+                        "arm followed these very commands; a recorded bag's arm does not)")
     parser.add_argument("--storage", choices=("sqlite3", "mcap"), help="output bag storage (default: the input's)")
     args = parser.parse_args(argv)
     report_path = Path(args.report)
@@ -360,7 +382,8 @@ def main(argv: list[str] | None = None) -> int:
         BagReader(args.bag).close()  # a bad bag is reported before the checkpoint is loaded
         profile, runtime = _load(args)
         options = ReplayOptions(latency_s=args.latency, replan_period=args.replan_period, storage=args.storage,
-                                rearm=args.rearm, controller=ControllerConfig(chunk_blend=args.chunk_blend))
+                                rearm=not args.stop_at_fault,
+                                controller=ControllerConfig(chunk_blend=args.chunk_blend, track_measured=args.track))
         created_out = True
         report_path.parent.mkdir(parents=True, exist_ok=True)
         report = replay_bag(args.bag, runtime, profile, out_bag, options, plot_path=report_path.with_suffix(".png"))
