@@ -103,6 +103,23 @@ def test_timeout_holds_the_measured_pose_then_latches_until_rearmed():
     assert guard.on_goal(0.5, 0, ARM, moved[None, :N - 1]) is not None
 
 
+def test_timeout_keeps_a_commanded_gripper_closed_and_the_estop_lets_go():
+    guard, _, pose = armed_guard()
+    closed = pose[N - 1] - 0.05
+    assert guard.on_goal(0.02, 0, GRIPPER, np.array([[closed]])) is not None
+    blocked = pose.copy()
+    blocked[N - 1] += 0.2  # the fingers stopped on an object: measured wider than the goal
+    guard.on_measured(0.1, blocked)
+    hold = guard.check_timeout(0.13)
+    assert hold[N - 1] == closed, "a timeout must not open a gripper that holds something"
+    assert hold[2 * N - 1] == blocked[2 * N - 1], "an arm never commanded holds its measured pose"
+    np.testing.assert_array_equal(hold[:N - 1], blocked[:N - 1])
+    # After re-arming, the gripper is compared with the goal its driver still executes.
+    assert guard.rearm(0.13)[0]
+    assert guard.on_goal(0.14, 0, GRIPPER, np.array([[closed]])) is not None
+    assert guard.set_estop(0.15, "service", True)[N - 1] == blocked[N - 1]
+
+
 def test_no_fresh_pose_at_timeout_sends_nothing_but_latches():
     guard, _, _ = armed_guard()
     assert guard.check_timeout(0.5) is None
@@ -133,8 +150,8 @@ def test_estop_latches_from_any_state_and_rearm_waits_for_every_release():
     assert guard.counts["latches:estop"] == 2
 
 
-goal_kinds = st.sampled_from(["follow", "follow", "follow", "jump", "outside", "nan", "silence", "estop",
-                              "release", "rearm", "stale"])
+goal_kinds = st.sampled_from(["follow"] * 10 + ["jump", "outside", "nan", "silence", "estop", "release",
+                                               "rearm", "rearm", "stale"])
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -144,7 +161,15 @@ def test_every_goal_sent_respects_the_invariants(seed, kinds):
     guard, limits = make_guard()
     arm_pose = PROFILE.start_pose.copy()
     now, fresh = 0.0, True
-    sent_reference = None  # what the driver was last told, per joint (None: nothing since arming)
+    sent_reference = np.full(arm_pose.size, np.nan)  # the step reference, per joint
+    sent = np.zeros(arm_pose.size, dtype=bool)  # joints the driver has been told something
+    grippers = list(PROFILE.gripper_indices)
+
+    def kept_grippers(pose):
+        pose = pose.copy()
+        pose[grippers] = np.where(sent[grippers], sent_reference[grippers], pose[grippers])
+        return pose
+
     forwarded = 0
     for kind in kinds:
         now += DT * rng.uniform(0.5, 1.5)
@@ -160,16 +185,18 @@ def test_every_goal_sent_respects_the_invariants(seed, kinds):
             assert guard.state == LATCHED, "the timeout fell due but the guard did not latch"
         elif hold is not None:
             raise AssertionError("a hold without a timeout")
-        if kind == "estop":
-            hold = guard.set_estop(now, "topic", True) if hold is None else hold
+        keep = hold is not None
+        if kind == "estop" and hold is None:
+            hold = guard.set_estop(now, "topic", True)
         elif kind == "release":
             guard.set_estop(now, "topic", False)
         elif kind == "rearm":
             guard.rearm(now)
         if hold is not None:
-            np.testing.assert_array_equal(hold, np.clip(guard.measured, limits.hardware_lower, limits.hardware_upper))
+            expected = np.clip(guard.measured, limits.hardware_lower, limits.hardware_upper)
+            np.testing.assert_array_equal(hold, kept_grippers(expected) if keep else expected)
             assert now - guard.measured_at <= AGE
-            sent_reference = hold.copy()
+            sent_reference, sent[:] = hold.copy(), True
             arm_pose = hold.copy()
         if kind not in ("follow", "jump", "outside", "nan"):
             continue
@@ -192,11 +219,11 @@ def test_every_goal_sent_respects_the_invariants(seed, kinds):
         assert state != LATCHED, "forwarded while latched"
         assert np.all(np.isfinite(result[index]))
         assert np.all(result[index] >= limits.lower[index] - 1e-6) and np.all(result[index] <= limits.upper[index] + 1e-6)
-        reference = guard.measured if state == WAITING else sent_reference
+        reference = kept_grippers(guard.measured) if state == WAITING else sent_reference
         assert np.all(np.abs(result[index] - reference[index]) <= limits.step[index] + 1e-6)
         if state == WAITING:
             assert now - guard.measured_at <= AGE
-            sent_reference = guard.measured.copy()
-        sent_reference[index] = result[index]
+            sent_reference = reference.copy()
+        sent_reference[index], sent[index] = result[index], True
         arm_pose = result.copy()
     assert guard.counts.get("forwarded", 0) == forwarded

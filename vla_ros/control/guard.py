@@ -11,12 +11,19 @@ States: ``waiting`` (forwarding allowed, nothing forwarded since start or re-arm
 Guarantees, per joint, for every goal the guard sends to the driver:
   1. A forwarded goal is finite, inside the position limits minus margin, and within ``step``
      (velocity * dt * step_tolerance) of the last goal the guard sent for that joint; the first
-     goal after start or re-arm is within ``step`` of a measured pose at most ``max_state_age``
-     old. A goal that fails is refused, counted, and the driver keeps the last goal.
-  2. A hold is the measured pose (at most ``max_state_age`` old, clipped to the hardware position
-     limits, beyond which the servo firmware ignores goals): where the arm is, so it never
-     makes the arm jump and leaves no servo pushing towards a goal away from the arm. Grippers
-     included: a stop lets go of a squeeze.
+     goal after start or re-arm is within ``step`` of the reference: a measured pose at most
+     ``max_state_age`` old, except that a gripper the guard has already commanded is compared
+     with the goal its driver still executes. A goal that fails is refused, counted, and the
+     driver keeps the last goal.
+  2. A hold commands the measured pose (at most ``max_state_age`` old, clipped to the hardware
+     position limits, beyond which the servo firmware ignores goals): where the arm is, so it
+     never makes the arm jump and leaves no servo pushing towards a goal away from the arm. The
+     e-stop's hold includes the grippers: a person stopping the robot gets a squeeze released.
+     A timeout's hold keeps each gripper's last goal instead: the timeout means the commander
+     fell silent, not that anyone wants to let go, and the grippers run current-limited, so
+     the last goal squeezes with the force the policy chose; holding the measured opening
+     would drop what a gripper holds (and re-enabling a policy, which resumes each gripper
+     from its last command, would then jump).
   3. In ``armed``, when no goal has been forwarded for ``command_timeout``, the guard latches and
      holds (the caller checks at the deadline, :meth:`Guard.deadline`). An e-stop latches and
      holds from any state.
@@ -54,6 +61,7 @@ class GuardLimits:
     step: np.ndarray
     names: tuple[str, ...]
     joints_per_arm: int
+    grippers: tuple[int, ...]
 
     @classmethod
     def from_profile(cls, profile, dt: float, step_tolerance: float) -> GuardLimits:
@@ -64,7 +72,7 @@ class GuardLimits:
         return cls(lower=profile.safe_lower(), upper=profile.safe_upper(),
                    hardware_lower=profile.position_lower, hardware_upper=profile.position_upper,
                    step=profile.velocity_limit * dt * step_tolerance, names=profile.vector_names,
-                   joints_per_arm=profile.joints_per_arm)
+                   joints_per_arm=profile.joints_per_arm, grippers=profile.gripper_indices)
 
 
 class Guard:
@@ -76,7 +84,9 @@ class Guard:
             raise ValueError("Guard: command_timeout and max_state_age must be > 0")
         self.limits, self.command_timeout, self.max_state_age = limits, command_timeout, max_state_age
         self.state, self.reason = WAITING, "started: waiting for the first command"
-        self.goal = np.full(limits.lower.size, np.nan)  # the last goal sent per joint
+        # The step reference per joint: the last goal sent, else the measured pose at arming.
+        self.goal = np.full(limits.lower.size, np.nan)
+        self.sent = np.zeros(limits.lower.size, dtype=bool)  # joints the guard has commanded
         self.measured: np.ndarray | None = None
         self.measured_at = -math.inf
         self.last_forward_at: float | None = None
@@ -120,6 +130,7 @@ class Guard:
             if reference is None:
                 return self._refuse("no_joint_states", "no fresh joint states: the first goal must start "
                                                        "from the measured pose")
+            reference = self._keep_gripper_goals(reference)
         else:
             reference = self.goal
         jump = np.abs(values - reference[index])
@@ -133,6 +144,7 @@ class Guard:
             self.goal = reference.copy()
             self._enter(ARMED, "forwarding")
         self.goal[index] = values
+        self.sent[index] = True
         self.last_forward_at = now
         self._count("forwarded")
         return self.goal.copy()
@@ -149,7 +161,8 @@ class Guard:
         deadline = self.deadline()
         if deadline is None or now < deadline:
             return None
-        return self._latch(now, f"no valid command for {now - self.last_forward_at:.3f} s", "timeout")
+        return self._latch(now, f"no valid command for {now - self.last_forward_at:.3f} s", "timeout",
+                           keep_grippers=True)
 
     def set_estop(self, now: float, source: str, asserted: bool) -> np.ndarray | None:
         """Assert or release one e-stop source (the topic, the service). Asserting latches and
@@ -158,7 +171,7 @@ class Guard:
             self.estop_sources.discard(source)
             return None
         self.estop_sources.add(source)
-        return self._latch(now, f"e-stop ({source})", "estop")
+        return self._latch(now, f"e-stop ({source})", "estop", keep_grippers=False)
 
     def rearm(self, now: float) -> tuple[bool, str]:
         if self.estop_sources:
@@ -171,11 +184,21 @@ class Guard:
         self._count("rearms")
         return True, "re-armed: the first goal must be within the step cap of the measured pose"
 
-    def _latch(self, now: float, reason: str, kind: str) -> np.ndarray | None:
+    def _keep_gripper_goals(self, pose: np.ndarray) -> np.ndarray:
+        """``pose`` with each gripper the guard has commanded at its last goal."""
+        pose = pose.copy()
+        grippers = list(self.limits.grippers)
+        pose[grippers] = np.where(self.sent[grippers], self.goal[grippers], pose[grippers])
+        return pose
+
+    def _latch(self, now: float, reason: str, kind: str, keep_grippers: bool) -> np.ndarray | None:
         hold = self.fresh_measured(now)
         if hold is not None:
             hold = np.clip(hold, self.limits.hardware_lower, self.limits.hardware_upper)
+            if keep_grippers:
+                hold = self._keep_gripper_goals(hold)
             self.goal = hold.copy()
+            self.sent[:] = True
             self._count("holds")
         else:
             reason += "; no fresh joint states: nothing sent, the driver keeps the last goal"
