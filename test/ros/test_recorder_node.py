@@ -366,7 +366,7 @@ def test_late_inputs_are_counted_in_diagnostics_and_the_stop_reply(recorder):
 def test_only_runtime_parameters_can_change(recorder):
     node, probe, _, _ = recorder
     rejected = set_parameter(probe, node, "fps", 30)
-    assert not rejected.successful and "restart the node" in rejected.reason
+    assert not rejected.successful and "read-only while the node runs" in rejected.reason
     invalid = set_parameter(probe, node, "min_rate_fraction", 2.0)
     assert not invalid.successful and "'min_rate_fraction' must be <= 1.0" in invalid.reason
     assert set_parameter(probe, node, "min_rate_fraction", 0.3).successful

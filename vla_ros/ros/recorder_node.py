@@ -27,7 +27,6 @@ from typing import Any
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from rcl_interfaces.msg import SetParametersResult
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from sensor_msgs.msg import CompressedImage, Image, JointState
@@ -48,7 +47,7 @@ PARAMETERS = (
     ParamSpec("dataset", "", "LeRobotDataset v3.0 directory to create or append to (required)"),
     ParamSpec("fps", 0, "dataset frame rate; 0 = the profile's control rate", minimum=0, maximum=1000),
     ParamSpec("task", "", "task text stored with each episode (also set by publishing on ~/task); "
-              "an episode cannot start without one"),
+              "an episode cannot start without one", live=True),
     ParamSpec("tolerance", 0.1, "seconds an input's newest message may be from the sample time before the "
               "frame is dropped and counted late", minimum=0.001, maximum=10.0),
     ParamSpec("stamp_source", "header", "time of a message: header (its header.stamp) or receipt (when this "
@@ -65,11 +64,11 @@ PARAMETERS = (
     ParamSpec("image_qos_depth", 1, "camera subscription queue depth (only the newest image is ever used)",
               minimum=1, maximum=100),
     ParamSpec("min_rate_fraction", 0.9, "an episode whose camera rate or recorded frame rate is below this "
-              "fraction of fps is not saved unless allow_low_rate", minimum=0.0, maximum=1.0),
-    ParamSpec("allow_low_rate", False, "save episodes even when their measured rate is below min_rate_fraction"),
+              "fraction of fps is not saved unless allow_low_rate", minimum=0.0, maximum=1.0, live=True),
+    ParamSpec("allow_low_rate", False, "save episodes even when their measured rate is below min_rate_fraction",
+              live=True),
     ParamSpec("diagnostics_period", 1.0, "seconds between /diagnostics messages", minimum=0.05, maximum=60.0),
 )
-DYNAMIC_PARAMETERS = ("task", "allow_low_rate", "min_rate_fraction")
 FRAME_RATE_KEY = "recorded frames"
 
 
@@ -266,7 +265,7 @@ def input_decoders(profile: RobotProfile) -> dict[str, Callable[[Any], Any]]:
 class RecorderNode(Node):
     def __init__(self, **node_kwargs):
         super().__init__("recorder_node", **node_kwargs)
-        self.params = declare_parameters(self, PARAMETERS)
+        self.params = declare_parameters(self, PARAMETERS, self.on_live_parameters)
         if not self.params["dataset"].strip():
             raise ParameterError("parameter 'dataset' must name the dataset directory to record into")
         self.profile = load_profile(self.params["profile"])
@@ -282,7 +281,6 @@ class RecorderNode(Node):
         self.last_save: SaveResult | None = None
         self.last_save_error = ""
         self.pending_saves: list[Future] = []
-        self.add_on_set_parameters_callback(self.on_set_parameters)
 
         use_header = self.params["stamp_source"] == "header"
         self.input_topics: dict[str, str] = {}
@@ -352,21 +350,11 @@ class RecorderNode(Node):
             return
         self.set_parameters([Parameter("task", value=text)])
 
-    def on_set_parameters(self, parameters) -> SetParametersResult:
-        specs = {spec.name: spec for spec in PARAMETERS}
-        updates = {}
-        for parameter in parameters:
-            if parameter.name not in specs:
-                continue  # e.g. use_sim_time, which rclpy owns
-            if parameter.name not in DYNAMIC_PARAMETERS:
-                return SetParametersResult(successful=False, reason=f"'{parameter.name}' is read at start-up; "
-                                           "restart the node to change it")
-            try:
-                updates[parameter.name] = specs[parameter.name].validate(parameter.value)
-            except ParameterError as exc:
-                return SetParametersResult(successful=False, reason=str(exc))
-        self.params.update(updates)
-        return SetParametersResult(successful=True)
+    @staticmethod
+    def on_live_parameters(changes: dict) -> None:
+        """task, allow_low_rate and min_rate_fraction apply from the next use (declare_parameters
+        has validated them and stores them in self.params)."""
+        return None
 
     # --- episode services -------------------------------------------------------------------
 
