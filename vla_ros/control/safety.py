@@ -31,9 +31,11 @@ someone pressed stop. From the next tick on the command of every arm joint settl
 measured pose from rest, within the velocity and acceleration caps (no jump) and without
 overshoot, then holds it (within `settle_deadband`, the servo's resolution). A joint measured
 further than twice the tracking bound from its command (no arm gets there: the tracking fault
-comes first) reads garbage and holds its command. Grippers keep their
-last command (`stop_mask` False): settling a gripper onto its measured opening would release
-what it holds; its force is bounded by the servo's current limit. Without a usable measured pose
+comes first) reads garbage and holds its command. After a fault the grippers keep their last
+command (`stop_mask` False): a fault means the commander failed, not that anyone wants to let go,
+and settling a gripper onto its measured opening would drop what it holds (its force is bounded
+by the servo's current limit). An e-stop settles the grippers too: a person pressing stop gets a
+squeeze released (a finger caught in a gripper), as arm_guard's e-stop does. Without a usable measured pose
 (or with tracking off, dry runs) the stop holds the last command. Settling closes the distance
 to the measured pose from at most twice the tracking bound, so position limits and finiteness
 keep holding and the distance to the measured pose only shrinks while the arm stands still.
@@ -324,7 +326,8 @@ class SafetyFilter:
         desired = self._command.copy()
         if tracked is not None and self.track:
             gap = np.abs(tracked - self._command)
-            settle = self._stop_mask & (gap > self._settle_deadband) & (gap <= 2.0 * self.limits.tracking)
+            mask = True if self._estop else self._stop_mask
+            settle = mask & (gap > self._settle_deadband) & (gap <= 2.0 * self.limits.tracking)
             desired[settle] = np.clip(tracked[settle], self.limits.lower[settle], self.limits.upper[settle])
         if np.array_equal(desired, self._command) and not self._velocity.any():
             return StepResult(self._command.copy(), self.state, interventions)
