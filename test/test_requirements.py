@@ -87,3 +87,20 @@ def test_check_main_exit_codes(monkeypatch):
     assert check_tool.main([str(ROOT / "requirements-robot.txt"), "--python", "3.10"]) == 1
     _fake_pip(monkeypatch, ["Would install torch-2.13.0"], returncode=0)
     assert check_tool.main([str(ROOT / "requirements-robot.txt"), "--python", "3.10"]) == 0
+
+
+def test_torch_is_checked_for_a_wheel_of_the_pinned_version(monkeypatch):
+    calls = []
+
+    def pip(arguments):
+        calls.append(arguments[0])
+        listing = "torch (2.14.1)\nAvailable versions: 2.14.1, 2.12.0\n" if arguments[0] == "index" else "Would install x-1"
+        return subprocess.CompletedProcess([], 0, stdout=listing, stderr="")
+
+    monkeypatch.setattr(check_tool, "_pip", pip)
+    result = check_tool.pip_resolve(["torch==2.13.0", "tqdm==4.70.1"], "3.10")
+    assert result.returncode == 1 and "No matching distribution found for torch==2.13.0" in result.stderr
+    assert calls == ["index"]
+    calls.clear()
+    assert check_tool.pip_resolve(["torch==2.12.0", "tqdm==4.70.1"], "3.10").returncode == 0
+    assert calls == ["index", "install"]
