@@ -1,7 +1,7 @@
 """`vla-ros demo` (`make demo`): the policy node drives the simulated ALOHA through ROS topics.
 
-sim_node and policy_node run as separate processes on an isolated ROS domain, exactly what
-launch/sim.launch.py starts; the demo arms the policy, runs one transfer-cube episode and prints a
+sim_node, arm_guard (the last hop before the simulated drivers) and policy_node run as separate
+processes on an isolated ROS domain, exactly what launch/sim.launch.py starts; the demo arms the policy, runs one transfer-cube episode and prints a
 summary (also written as JSON). It uses the bundled default checkpoint when the package ships
 one, else a randomly initialised tiny checkpoint, and says which.
 """
@@ -73,7 +73,7 @@ def main(argv: list[str]) -> int:
     results = []
     try:
         with SimSession(config) as session:
-            print(f"vla-ros demo: sim_node and policy_node up on ROS domain {session.domain}", flush=True)
+            print(f"vla-ros demo: sim_node, arm_guard and policy_node up on ROS domain {session.domain}", flush=True)
             for _ in range(args.episodes):
                 result = session.run_episode()
                 results.append(result)

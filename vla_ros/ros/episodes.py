@@ -1,9 +1,10 @@
-"""Closed-loop episodes in simulation, run THROUGH ROS: sim_node and policy_node as separate
-processes on an isolated ROS domain, driven by an in-process client over DDS.
+"""Closed-loop episodes in simulation, run THROUGH ROS: sim_node, arm_guard and policy_node as
+separate processes on an isolated ROS domain, driven by an in-process client over DDS. arm_guard is
+the last hop before sim_node's drivers, as on the robot (launch/robot.launch.py).
 
 Shared by `vla-ros demo` (one episode, a summary) and `vla-ros sim-eval` (many episodes, success
 rates). The client only does what an operator would: reset the episode (sim_node ~/reset), arm the
-policy (policy_node ~/enable), watch success, commands and /diagnostics, disarm.
+policy (arm_guard ~/rearm, then policy_node ~/enable), watch success, commands and /diagnostics, disarm.
 """
 
 from __future__ import annotations
@@ -29,7 +30,9 @@ from vla_ros.ros.qos import image_qos
 from vla_ros.ros.processes import NodeProcess, Probe, module_command, ros_context
 from vla_ros.sim.collect import TASK_TEXT
 
-NODE_MODULES = {"sim_node": "vla_ros.ros.sim_node", "policy_node": "vla_ros.ros.policy_node"}
+NODE_MODULES = {"sim_node": "vla_ros.ros.sim_node", "policy_node": "vla_ros.ros.policy_node",
+                "arm_guard": "vla_ros.ros.arm_guard"}
+GUARD_INPUT = "/arm_guard/in"  # policy_node's command_namespace = arm_guard's input_namespace
 
 
 def node_command(executable: str) -> list[str]:
@@ -70,6 +73,7 @@ class EpisodeResult:
     time_to_success_s: float | None
     commands_published: int
     diagnostics: dict = field(default_factory=dict)
+    guard: dict = field(default_factory=dict)  # arm_guard's diagnostics at the end of the episode
 
 
 def _parse_value(text: str):
@@ -100,7 +104,7 @@ def write_camera_size_profile(profile, width: int, height: int, directory: str |
 
 
 class SimSession:
-    """sim_node + policy_node on a reserved ROS domain; use as a context manager."""
+    """sim_node + arm_guard + policy_node on a reserved ROS domain; use as a context manager."""
 
     def __init__(self, config: SessionConfig):
         self.config = config
@@ -122,10 +126,13 @@ class SimSession:
                 params={"profile": cfg.profile, "task": cfg.task, "seed": cfg.seed,
                         "image_width": cfg.image_width, "image_height": cfg.image_height,
                         "image_format": "jpeg" if cfg.compressed_images else "raw"}))
+            self.guard = self._stack.enter_context(NodeProcess(
+                node_command("arm_guard"), domain_id=self.domain, env=env,
+                params={"profile": cfg.profile, "input_namespace": GUARD_INPUT}))
             self.policy = self._stack.enter_context(NodeProcess(
                 node_command("policy_node"), domain_id=self.domain, env=env,
                 params={"profile": self._profile_for_policy(), "checkpoint": cfg.checkpoint,
-                        "instruction": cfg.instruction, "steps": cfg.steps,
+                        "instruction": cfg.instruction, "steps": cfg.steps, "command_namespace": GUARD_INPUT,
                         "deterministic": cfg.deterministic, "soft_start_time": cfg.soft_start_time,
                         "image_transport": "compressed" if cfg.compressed_images else "raw"}))
             context = self._stack.enter_context(ros_context(self.domain))
@@ -172,10 +179,17 @@ class SimSession:
         loaded = self.policy_diagnostics().get("policy_loaded")
         if loaded != "True":  # booleans stay strings
             raise RuntimeError(f"policy_node did not load the policy: {self.policy_diagnostics().get('load_error')}")
+        self.probe.wait_for(lambda: self.guard_diagnostics() is not None, timeout, "arm_guard diagnostics", self.guard)
 
     def policy_diagnostics(self) -> dict | None:
+        return self._latest_diagnostics("policy_node")
+
+    def guard_diagnostics(self) -> dict | None:
+        return self._latest_diagnostics("arm_guard")
+
+    def _latest_diagnostics(self, prefix: str) -> dict | None:
         for msg in reversed(self.diagnostic_msgs):
-            values = _diagnostic_values(msg, "policy_node")
+            values = _diagnostic_values(msg, prefix)
             if values is not None:
                 return values
         return None
@@ -187,6 +201,10 @@ class SimSession:
         """Reset, arm, run episode_steps simulation steps, disarm; nothing else touches the arms."""
         cfg, index = self.config, self.episodes_run
         self._call(SetBool, "/policy_node/enable", SetBool.Request(data=False), self.policy)
+        # Its stream stopped, the guard holds the measured pose: let that happen before the reset,
+        # or the hold of the old pose would arrive after it.
+        self.probe.wait_for(lambda: (self.guard_diagnostics() or {}).get("state") != "armed", 10.0,
+                            "arm_guard to hold after the policy stopped", self.guard)
         reset = self._call(Trigger, "/sim_node/reset", Trigger.Request(), self.sim)
         if not reset.success:
             raise RuntimeError(f"sim_node reset failed: {reset.message}")
@@ -194,6 +212,10 @@ class SimSession:
         self.joint_msgs.clear()
         self.probe.wait_for(lambda: len(self.joint_msgs) >= 3, 30.0, "joint states after reset", self.sim)
         deadline = time.monotonic() + 30.0
+        while not (rearmed := self._call(Trigger, "/arm_guard/rearm", Trigger.Request(), self.guard)).success:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"arm_guard refused to re-arm: {rearmed.message}")
+            self.probe.spin_for(0.1)
         while True:
             enabled = self._call(SetBool, "/policy_node/enable", SetBool.Request(data=True), self.policy)
             if enabled.success or time.monotonic() > deadline:
@@ -214,8 +236,9 @@ class SimSession:
                                 "simulation steps", self.sim)
             if success_at is None and any(m.data for m in self.success_msgs):
                 success_at = len(self.joint_msgs) * self.profile.dt
-            if not self.policy.alive():
-                raise RuntimeError(f"policy_node died:\n{self.policy.report()}")
+            for process in (self.policy, self.guard):
+                if not process.alive():
+                    raise RuntimeError(f"a node died:\n{process.report()}")
         self._call(SetBool, "/policy_node/enable", SetBool.Request(data=False), self.policy)
         self.probe.spin_for(max(1.1 - (time.monotonic() - started) % 1.0, 0.0))  # one more diagnostics
         result = EpisodeResult(
@@ -223,7 +246,8 @@ class SimSession:
             success=success_at is not None or any(m.data for m in self.success_msgs),
             max_reward=max((m.data for m in self.reward_msgs), default=0.0),
             steps=len(self.joint_msgs), time_to_success_s=success_at,
-            commands_published=len(self.command_msgs), diagnostics=self.policy_diagnostics() or {})
+            commands_published=len(self.command_msgs), diagnostics=self.policy_diagnostics() or {},
+            guard=self.guard_diagnostics() or {})
         if self.image_msgs is not None and index < cfg.video_episodes:
             write_video(cfg.video_path.format(episode=index), self.image_msgs, self.profile.control_rate_hz)
         self.episodes_run += 1
@@ -288,6 +312,7 @@ def summarize(results: list[EpisodeResult]) -> dict:
     else:
         interval = [0.0, 1.0]
     last = results[-1].diagnostics if results else {}
+    guard = results[-1].guard if results else {}
     interventions = {k.split(":", 1)[1]: v for k, v in last.items() if k.startswith("interventions:")}
     times = [r.time_to_success_s for r in results if r.time_to_success_s is not None]
     return {
@@ -301,5 +326,9 @@ def summarize(results: list[EpisodeResult]) -> dict:
         "inference_ms_p99": last.get("inference_ms_p99"),
         "timer_jitter_ms_p99": last.get("timer_jitter_ms_p99"),
         "safety_interventions": interventions,
-        "per_episode": [asdict(r) | {"diagnostics": None} for r in results],
+        # arm_guard's counters over the session (forwarded, refused:<why>, latches:<why>, holds):
+        # one timeout latch per episode is the stop after each disarm.
+        "guard": {k.split(":", 1)[1]: v for k, v in guard.items() if k.startswith("count:")}
+                 | {"invalid_commands": guard.get("invalid_commands", 0)},
+        "per_episode": [asdict(r) | {"diagnostics": None, "guard": None} for r in results],
     }
