@@ -158,6 +158,22 @@ def test_train_writes_a_checkpoint_the_runtime_loads(dataset, tmp_path, capsys):
     assert chunk.shape == (10, 14) and np.isfinite(chunk).all()
 
 
+def test_image_augmentation_is_a_training_option(dataset, tmp_path, monkeypatch):
+    """data.augment reaches the batches: true trains with openpi's augmentation, off by default."""
+    seen = []
+    original = finetune.DatasetSamples.__init__
+
+    def spy(self, *args, **kwargs):
+        seen.append(kwargs.get("augment"))
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(finetune.DatasetSamples, "__init__", spy)
+    for name, augment in (("off", None), ("on", True)):
+        config = write_config(tmp_path / f"{name}.yaml", data={"held_out_episodes": 0, "augment": augment})
+        assert train(dataset, tmp_path / name, "--config", config, "--steps", "1", "--batch-size", "2") == 0
+    assert seen[0] is None and seen[1] is not None
+
+
 @pytest.mark.slow
 def test_loss_decreases_on_a_tiny_dataset(dataset, tmp_path):
     config = write_config(tmp_path / "c.yaml", data={"held_out_episodes": 0},

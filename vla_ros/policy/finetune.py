@@ -51,8 +51,9 @@ import yaml
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from vla_ros.data.lerobot import DatasetError, LeRobotDataset, camera_key
+from vla_ros.data.lerobot import DatasetError, LeRobotDataset
 from vla_ros.policy.backbone import FREEZE_PRESETS, ImageFit
+from vla_ros.policy.augment import ImageAugment
 from vla_ros.policy.batches import DatasetSamples, split_episodes
 from vla_ros.policy.checkpoint import (NAMED_CONFIGS, build_pretrained_policy, build_random_policy, check_compatible,
                                        load_backbone, load_checkpoint, save_checkpoint)
@@ -72,8 +73,8 @@ DEFAULTS: dict = {
               "backbone": None, "backbone_assets": None, "num_lm_layers": None, "max_text_tokens": None,
               "head": None, "freeze": "none", "train_embeddings": False, "lora": None,
               "gradient_checkpointing": False, "image_fit": None},
-    "data": {"held_out_episodes": 0.1, "split_seed": 0, "image_size": None, "max_memory_gb": 4.0,
-             "state_noise_std": 0.0},
+    "data": {"held_out_episodes": 0.1, "split_seed": 0, "image_size": None, "max_memory_gb": 2.0,
+             "state_noise_std": 0.0, "augment": None},
     "train": {"lr": 3e-4, "warmup_steps": 100, "total_steps": 2000, "batch_size": 32, "ema_decay": 0.99,
               "backbone_lr_scale": 1.0, "checkpoint_interval": 500, "keep_checkpoints": 2, "log_interval": 10,
               "seed": 0},
@@ -165,7 +166,7 @@ def working_image_size(dataset: LeRobotDataset, policy: VLAPolicy, crops: dict, 
     backbone = policy.backbone
     sizes = set()
     for camera in policy.config.camera_keys:
-        height, width = dataset.features[camera_key(camera)]["shape"][:2]
+        height, width = dataset.features[dataset.feature_key(camera)]["shape"][:2]
         if camera in crops:
             rows, cols = region_pixels(height, width, crops[camera])
             height, width = rows.stop - rows.start, cols.stop - cols.start
@@ -266,7 +267,8 @@ class Prepared:
         horizon = int(model["horizon"] or base.config.horizon)
         self.samples = DatasetSamples(self.dataset, self.train_episodes, base.config.camera_keys,
                                       horizon, size, int(float(data["max_memory_gb"]) * 2**30),
-                                      float(data["state_noise_std"]), crops=crops)
+                                      float(data["state_noise_std"]), crops=crops,
+                                      augment=ImageAugment.from_dict(data["augment"]))
         states = np.concatenate([e.state for e in self.samples.episodes])
         actions = np.concatenate([e.action for e in self.samples.episodes])
         stats = NormStats.from_arrays(states, actions)
@@ -280,7 +282,7 @@ class Prepared:
             "held_out_episodes": self.held_out, "instructions": instructions, "instruction_tokens": token_counts,
             "image_size": list(size), "init": str(args.init) if args.init else None,
             # The frame sizes the policy learned from: a simulator should render at these.
-            "camera_image_sizes": {camera: list(self.dataset.features[camera_key(camera)]["shape"][:2])
+            "camera_image_sizes": {camera: list(self.dataset.features[self.dataset.feature_key(camera)]["shape"][:2])
                                    for camera in base.config.camera_keys},
             "config": model["config"] if not (args.init or model["backbone"]) else None,
             "backbone": model["backbone"], "backbone_options": backbone_options,
