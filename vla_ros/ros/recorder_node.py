@@ -68,6 +68,9 @@ PARAMETERS = (
     ParamSpec("allow_low_rate", False, "save episodes even when their measured rate is below min_rate_fraction",
               live=True),
     ParamSpec("diagnostics_period", 1.0, "seconds between /diagnostics messages", minimum=0.05, maximum=60.0),
+    ParamSpec("gripper_out_of_range", "clip", "a normalised gripper outside [0, 1] (a finger below the profile's "
+              "'closed'): clip (counted, with a warning) or refuse (the episode cannot be saved)",
+              choices=("clip", "refuse")),
 )
 FRAME_RATE_KEY = "recorded frames"
 
@@ -270,7 +273,8 @@ class RecorderNode(Node):
             raise ParameterError("parameter 'dataset' must name the dataset directory to record into")
         self.profile = load_profile(self.params["profile"])
         self.fps = self.params["fps"] or int(round(self.profile.control_rate_hz))
-        self.writer = LeRobotWriter.for_profile(self.params["dataset"], self.profile, self.fps)
+        self.writer = LeRobotWriter.for_profile(self.params["dataset"], self.profile, self.fps,
+                                                gripper_out_of_range=self.params["gripper_out_of_range"])
         self.sampler = FrameSampler(input_decoders(self.profile), self.params["tolerance"], 1.0 / self.fps)
         self.last_refusal = ""
         self.camera_inputs = [camera_input(c) for c in self.profile.cameras]
