@@ -96,7 +96,7 @@ def expect_rejections(probe, node, publish_bad, count):
     before = rejected_commands(probe)
     publish_bad()
     probe.wait_for(lambda: rejected_commands(probe) >= before + count, 15.0,
-                   f"diagnostics counting {count} rejected commands", node)
+                   f"diagnostics counting {count} rejected commands (from {before}; now {diagnostics(probe)})", node)
     probe.spin_for(0.5)
     assert rejected_commands(probe) == before + count, "a command the real receiver accepts was refused"
 

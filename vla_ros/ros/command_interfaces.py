@@ -221,7 +221,7 @@ class Receiver:
     def __init__(self, node, profile: RobotProfile, on_goal: Callable[[JointGoal], None],
                  on_reject: Callable[[str, str], None], now: Callable[[], float],
                  start_time: Callable[[], float], topic_prefix: str = "",
-                 on_message: Callable[[str, object], None] | None = None, depth: int = 1):
+                 on_message: Callable[[str, object], None] | None = None, depth: int = 10):
         self.profile, self.on_goal, self.on_reject = profile, on_goal, on_reject
         self.now, self.start_time, self.on_message = now, start_time, on_message
         self.qos = command_qos()
@@ -392,9 +392,10 @@ class TrajectoryReceiver(Receiver):
 
 
 def make_receiver(node, profile: RobotProfile, on_goal, on_reject, now, start_time, topic_prefix: str = "",
-                  driver_state: InterbotixDriverState | None = None, on_message=None, depth: int = 1) -> Receiver:
-    """The receiver for the profile's interface. depth 1 as the drivers (only the newest goal
-    counts); a recorder that must see every message asks for more."""
+                  driver_state: InterbotixDriverState | None = None, on_message=None, depth: int = 10) -> Receiver:
+    """The receiver for the profile's interface. Depth 10 as the real receivers subscribe (xs_sdk:
+    10; joint_trajectory_controller: the system default); the senders keep depth 1, so a stalled
+    link never queues old goals at the sender. A recorder that must see every message asks for more."""
     if profile.command_interface == "interbotix":
         return InterbotixReceiver(node, profile, on_goal, on_reject, now, start_time, topic_prefix, on_message,
                                   depth, driver_state=driver_state or InterbotixDriverState(profile))

@@ -407,9 +407,6 @@ class PolicyNode(Node):
         if self.runtime is None:
             response.success, response.message = False, f"refusing to arm: policy not loaded: {self.load_error}"
             return response
-        if not self.setup_done.is_set():
-            response.success, response.message = False, f"refusing to arm: {self.setup_error}"
-            return response
         measured, joint_stamps, camera_stamps, _ = self._snapshot()
         now = self._now()
         with self.controller_lock:
@@ -417,6 +414,9 @@ class PolicyNode(Node):
             if measured is None or not gate.ok:
                 reason = "no joint states from every arm" if measured is None else gate.reason
                 response.success, response.message = False, f"refusing to arm: inputs not ready ({reason})"
+                return response
+            if not self.setup_done.is_set():
+                response.success, response.message = False, f"refusing to arm: {self.setup_error}"
                 return response
             try:
                 self.controller.enable(now, measured, steady=time.monotonic())
