@@ -234,3 +234,16 @@ def test_bad_statistics_fail_clearly(tmp_path):
         NormStats.load(tmp_path / "stats.json")
     with pytest.raises(StatsError, match="missing"):
         NormStats.load(tmp_path / "absent.json")
+
+
+def test_checkpoints_record_the_attention_layout_and_old_ones_load_as_bidirectional(profile, tmp_path):
+    from pathlib import Path
+
+    from vla_ros.policy.checkpoint import load_checkpoint, load_config, save_checkpoint
+
+    path = save_checkpoint(_policy(profile), tmp_path / "new")
+    assert json.loads((path / "config.json").read_text())["head"]["attention"] == "block_causal"
+    assert load_checkpoint(path).head.cacheable
+    shipped = Path(__file__).resolve().parents[2] / "checkpoints" / "transfer_cube_default"
+    assert "attention" not in json.loads((shipped / "config.json").read_text())["head"]
+    assert load_config(shipped).head.attention == "bidirectional"

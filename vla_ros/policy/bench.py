@@ -119,11 +119,15 @@ def camera_hw(config: PolicyConfig) -> tuple[int, int]:
     return tuple(size) if size else (480, 640)
 
 
-def bench_layouts(checkpoint: str | None, warmup: int, repeats: int, threads: int) -> dict:
-    """Prefix, 1 and 10 steps for both attention layouts, instruction cut and padded (CPU)."""
+def bench_layouts(checkpoint: str | None, warmup: int, repeats: int, threads: int, configs=("tiny",),
+                  instructions=("cut", "padded")) -> dict:
+    """Prefix, 1 and 10 steps for both attention layouts, one camera, for the named random
+    configurations and the checkpoint's architecture, instruction cut and/or padded (CPU)."""
     profile = load_profile(PROFILE)
-    tiny = build_random_policy("tiny", profile, profile.camera_names[:1])
-    cases = {"tiny": {layout: with_layout(tiny, layout) for layout in (BLOCK_CAUSAL, BIDIRECTIONAL)}}
+    cases = {}
+    for name in configs:
+        policy = build_random_policy(name, profile, profile.camera_names[:1])
+        cases[name] = {layout: with_layout(policy, layout) for layout in (BLOCK_CAUSAL, BIDIRECTIONAL)}
     if checkpoint:
         shipped = load_checkpoint(checkpoint)
         cases["checkpoint"] = {shipped.config.head.attention + " (trained weights)": shipped}
@@ -137,13 +141,13 @@ def bench_layouts(checkpoint: str | None, warmup: int, repeats: int, threads: in
     try:
         for name, policies in cases.items():
             config = next(iter(policies.values())).config
-            entry = {"source": checkpoint if name == "checkpoint" else "random:tiny",
+            entry = {"source": checkpoint if name == "checkpoint" else f"random:{name}",
                      "cameras": list(config.camera_keys), "image_hw": list(camera_hw(config)),
                      "horizon": config.horizon, "head": {k: v for k, v in config.head.to_dict().items()
                                                          if k != "attention"},
                      "condition_tokens_padded": None, "layouts": {}}
             for layout, policy in policies.items():
-                for pad_text in (False, True):
+                for pad_text in [text == "padded" for text in instructions]:
                     runtime = PolicyRuntime.from_policy(policy, device="cpu", pad_text=pad_text)
                     result = measure(runtime, camera_hw(config), [1, 10], warmup, repeats)
                     entry["condition_tokens_padded"] = runtime.policy.backbone.num_tokens(len(config.camera_keys))
@@ -199,6 +203,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--steps", type=int, nargs="+", default=[1, 10])
     parser.add_argument("--config", default="tiny", help="named config for the CPU part (tiny, tiny-smolvlm)")
     parser.add_argument("--checkpoint", help="also time this checkpoint's architecture in both attention layouts")
+    parser.add_argument("--layout-configs", nargs="+", default=["tiny"], help="named random configs for the "
+                        "attention-layout comparison (e.g. tiny 1.4b; 1.4b takes seconds per call on a CPU)")
+    parser.add_argument("--instructions", nargs="+", choices=["cut", "padded"], default=["cut", "padded"],
+                        help="instruction cut to its real tokens and/or padded to max_text_tokens")
     parser.add_argument("--skip-cpu", action="store_true")
     parser.add_argument("--skip-layouts", action="store_true", help="skip the attention-layout comparison")
     parser.add_argument("--skip-gpu", action="store_true")
@@ -211,7 +219,8 @@ def main(argv: list[str]) -> int:
     if not args.skip_cpu:
         report["cpu"] = bench_cpu(args.config, args.cameras, args.steps, args.warmup, args.repeats, args.threads)
     if not args.skip_layouts:
-        report["layouts"] = bench_layouts(args.checkpoint, args.warmup, args.repeats, args.threads)
+        report["layouts"] = bench_layouts(args.checkpoint, args.warmup, args.repeats, args.threads,
+                                          args.layout_configs, args.instructions)
     if torch.cuda.is_available() and not args.skip_gpu:
         report["cuda"] = bench_cuda("1.4b", 3, args.steps, args.warmup, args.repeats)
     else:
