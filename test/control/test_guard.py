@@ -142,6 +142,7 @@ def test_estop_latches_from_any_state_and_rearm_waits_for_every_release():
     assert guard.state == LATCHED
     guard.on_measured(0.0, pose)
     np.testing.assert_array_equal(guard.set_estop(0.0, "service", True), pose)
+    assert guard.set_estop(0.0, "service", True) is None, "a repeated assertion holds again"
     guard.set_estop(0.0, "service", False)
     ok, message = guard.rearm(0.0)
     assert not ok and "topic" in message

@@ -158,7 +158,8 @@ def test_guard_holds_the_measured_pose_when_the_policy_node_dies_or_hangs(rig, a
     timeout = 0.1
     print(f"\narm_guard hold after {how}: {1e3 * latency:.1f} ms after the last forwarded command, "
           f"{1e3 * (hold_time - signalled):.1f} ms after the signal")
-    assert timeout <= latency <= timeout + 0.1, f"hold {latency:.3f} s after the last command"
+    # Both times are receipts at the probe: a few ms of delivery jitter either way.
+    assert timeout - 0.02 <= latency <= timeout + 0.1, f"hold {latency:.3f} s after the last command"
     assert "no valid command" in rig.values("arm_guard")["reason"]
     count = len(rig.log.arm_commands[0])
     if how == "stop":

@@ -166,10 +166,13 @@ class Guard:
 
     def set_estop(self, now: float, source: str, asserted: bool) -> np.ndarray | None:
         """Assert or release one e-stop source (the topic, the service). Asserting latches and
-        holds; releasing only allows a re-arm."""
+        holds, once: a source that repeats its assertion changes nothing. Releasing only allows
+        a re-arm."""
         if not asserted:
             self.estop_sources.discard(source)
             return None
+        if source in self.estop_sources:
+            return None  # already latched and held
         self.estop_sources.add(source)
         return self._latch(now, f"e-stop ({source})", "estop", keep_grippers=False)
 

@@ -89,7 +89,7 @@ class ArmGuard(Node):
         for arm in profile.arms:
             self.create_subscription(JointState, arm.joint_states_topic,
                                      lambda msg, arm=arm: self._on_joint_state(arm, msg), latest_state_qos())
-        self.create_subscription(Bool, ESTOP_TOPIC, lambda msg: self._estop("topic", msg.data), estop_qos())
+        self.create_subscription(Bool, ESTOP_TOPIC, lambda msg: self._estop("topic", bool(msg.data)), estop_qos())
         self.create_service(SetBool, "~/estop", self._on_estop_service)
         self.create_service(Trigger, "~/rearm", self._on_rearm)
         self.torque_clients = []
@@ -178,11 +178,13 @@ class ArmGuard(Node):
                 self._stop.wait(deadline - now)
 
     def _estop(self, source: str, asserted: bool) -> None:
+        """Acts on changes only: an e-stop publisher that repeats its state is common."""
         with self.lock:
-            self._send_hold(self.guard.set_estop(time.monotonic(), source, bool(asserted)))
-        if asserted:
+            changed = (source in self.guard.estop_sources) != asserted
+            self._send_hold(self.guard.set_estop(time.monotonic(), source, asserted))
+        if changed and asserted:
             self._torque_off()
-        else:
+        elif changed:
             self.get_logger().info(f"e-stop released by the {source}; still latched until ~/rearm")
         self._after_change()
 
@@ -196,7 +198,7 @@ class ArmGuard(Node):
             self.get_logger().error(f"e-stop: torque off requested for arm {arm.name}")
 
     def _on_estop_service(self, request, response):
-        self._estop("service", request.data)
+        self._estop("service", bool(request.data))
         response.success = True
         response.message = "e-stop asserted: latched" if request.data else "e-stop released; re-arm to forward"
         return response
