@@ -15,11 +15,12 @@ import signal
 import numpy as np
 import pytest
 from diagnostic_msgs.msg import DiagnosticArray
+from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
+from rcl_interfaces.srv import SetParameters
 from std_msgs.msg import Bool
 from std_srvs.srv import SetBool, Trigger
 from test_policy_node import DT, Feeder, assets  # noqa: F401 (assets is a fixture)
 
-from vla_ros.robot.profile import load_profile
 from vla_ros.ros.command_interfaces import CommandLog, InterbotixDriverState, make_sender
 from vla_ros.ros.follower_setup import InterbotixDriverServices
 from vla_ros.ros.processes import NodeProcess, Probe, module_command, ros_context
@@ -28,6 +29,7 @@ from vla_ros.ros.qos import ESTOP_TOPIC, estop_qos
 pytestmark = [pytest.mark.ros, pytest.mark.slow]
 
 GUARD_INPUT = "/arm_guard/in"
+TIMEOUT = 0.1  # the guard's default command_timeout
 SAG_JOINT, SAG = 1, -0.01  # the shoulder reads 0.01 rad below its goal, as under gravity
 
 
@@ -136,7 +138,7 @@ def _hold_after_upstream_stopped(rig: Rig, arm_index: int = 0) -> tuple[int, flo
 
 @pytest.mark.parametrize("how", ["kill", "stop"])
 def test_guard_holds_the_measured_pose_when_the_policy_node_dies_or_hangs(rig, assets, how):  # noqa: F811
-    rig.start_guard()
+    rig.start_guard(command_timeout=TIMEOUT)
     policy = rig.start_policy(assets["good"])
     assert rig.guard_state() == "waiting"
     rig.enable_policy()
@@ -155,16 +157,15 @@ def test_guard_holds_the_measured_pose_when_the_policy_node_dies_or_hangs(rig, a
     expected = last.copy()
     expected[SAG_JOINT] += SAG
     np.testing.assert_allclose(hold, expected, atol=1e-5)
-    timeout = 0.1
     print(f"\narm_guard hold after {how}: {1e3 * latency:.1f} ms after the last forwarded command, "
           f"{1e3 * (hold_time - signalled):.1f} ms after the signal")
     # Both times are receipts at the probe: a few ms of delivery jitter either way.
-    assert timeout - 0.02 <= latency <= timeout + 0.1, f"hold {latency:.3f} s after the last command"
+    assert TIMEOUT - 0.02 <= latency <= TIMEOUT + 0.1, f"hold {latency:.3f} s after the last command"
     assert "no valid command" in rig.values("arm_guard")["reason"]
-    count = len(rig.log.arm_commands[0])
+    count, upstream = len(rig.log.arm_commands[0]), len(rig.upstream.arm_commands[0])
     if how == "stop":
         os.kill(policy.process.pid, signal.SIGCONT)
-        rig.probe.wait_for(lambda: len(rig.upstream.arm_commands[0]) > index + 25, 15.0,
+        rig.probe.wait_for(lambda: len(rig.upstream.arm_commands[0]) > upstream + 25, 15.0,
                            "policy_node commanding again after SIGCONT", policy)
     rig.probe.spin_for(0.5)
     assert len(rig.log.arm_commands[0]) == count, "forwarded while latched"
@@ -229,6 +230,11 @@ def test_guard_refuses_out_of_limit_goals_and_over_cap_jumps_on_its_own(rig):
     assert int(values["count:refused:limits"]) == 1 and int(values["count:refused:step"]) == 1, values
     assert int(values["invalid_commands"]) == 1 and "outside the limits" in values["last_invalid_command"]
     assert rig.guard_state() == "armed"
+    # Nothing loosens a running guard: its parameters are read-only.
+    request = SetParameters.Request(parameters=[Parameter(name="step_tolerance", value=ParameterValue(
+        type=ParameterType.PARAMETER_DOUBLE, double_value=10.0))])
+    result = rig.probe.call(SetParameters, "/arm_guard/set_parameters", request, 10.0, rig.guard).results[0]
+    assert not result.successful and "read-only" in result.reason
 
 
 def test_estop_published_before_the_guard_started_latches_it(rig):
@@ -282,4 +288,3 @@ def test_torque_off_needs_the_interbotix_interface(ros_domain):
     assert guard.process.wait(60) == 2, guard.report()
     assert "'estop_torque_off' needs the interbotix interface" in guard.stderr()
     assert "Traceback" not in guard.stderr()
-    load_profile("aloha_sim_ros2_control")  # the profile itself is valid
