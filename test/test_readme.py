@@ -1,13 +1,12 @@
-"""The README is the operator's reference: it must start with the two commands and document every
-parameter every node declares (a new parameter without documentation fails here)."""
+"""The README is the way in: it starts with the two commands, stays short (at most 150 lines) and
+every document it links exists. Parameters are documented in docs/parameters.md, generated from
+the code and checked by test_param_docs.py."""
 
-import importlib
+import re
 from pathlib import Path
 
-import pytest
-
-README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-NODES = ["policy_node", "sim_node", "recorder_node", "scripted_leader", "bag_player"]
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
 
 
 def test_readme_starts_with_the_two_commands():
@@ -16,9 +15,12 @@ def test_readme_starts_with_the_two_commands():
     assert commands == ["make demo", "make test"]
 
 
-@pytest.mark.parametrize("node", NODES)
-def test_every_declared_parameter_is_documented(node):
-    module = importlib.import_module(f"vla_ros.ros.{node}")
-    section = README.split(f"#### {node} parameters")[1].split("####")[0]
-    missing = [p.name for p in module.PARAMETERS if f"| `{p.name}` |" not in section]
-    assert not missing, f"README does not document {node} parameters {missing}"
+def test_readme_is_short_and_its_links_resolve():
+    assert len(README.splitlines()) <= 150
+    links = re.findall(r"\]\(([^)#]+)\)", README)
+    assert links, "the README links its reference documents"
+    missing = [link for link in links if not (ROOT / link).exists()]
+    assert not missing, missing
+    for doc in (ROOT / "docs").glob("*.md"):
+        for link in re.findall(r"\]\(([^)#:]+\.md)\)", doc.read_text()):
+            assert (doc.parent / link).exists(), f"{doc.name} links {link}, which does not exist"
