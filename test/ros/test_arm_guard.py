@@ -14,6 +14,7 @@ import signal
 
 import numpy as np
 import pytest
+import yaml
 from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
 from rcl_interfaces.srv import SetParameters
@@ -21,6 +22,7 @@ from std_msgs.msg import Bool
 from std_srvs.srv import SetBool, Trigger
 from test_policy_node import DT, Feeder, assets  # noqa: F401 (assets is a fixture)
 
+from vla_ros.robot.profile import load_profile
 from vla_ros.ros.command_interfaces import CommandLog, InterbotixDriverState, make_sender
 from vla_ros.ros.follower_setup import InterbotixDriverServices
 from vla_ros.ros.processes import NodeProcess, Probe, module_command, ros_context
@@ -110,18 +112,30 @@ class Rig:
 
 
 @pytest.fixture
-def rig(ros_domain, assets):  # noqa: F811 (the fixture imported above)
-    with ros_context(ros_domain) as context:
-        probe = Probe(context)
-        rig = Rig(probe, assets["profile"], assets["profile_path"], ros_domain)
-        try:
-            yield rig
-        finally:
-            for process in rig.processes:
-                if process.alive():
-                    os.kill(process.process.pid, signal.SIGCONT)
-                process.stop()
-            probe.close()
+def rig_for(ros_domain):
+    """rig_for(profile_path) -> a Rig on that profile; everything it started is stopped after the test."""
+    opened = []
+
+    def make(profile_path: str) -> Rig:
+        context_manager = ros_context(ros_domain)
+        probe = Probe(context_manager.__enter__())
+        rig = Rig(probe, load_profile(profile_path), profile_path, ros_domain)
+        opened.append((context_manager, probe, rig))
+        return rig
+
+    yield make
+    for context_manager, probe, rig in opened:
+        for process in rig.processes:
+            if process.alive():
+                os.kill(process.process.pid, signal.SIGCONT)  # a stopped process cannot exit
+            process.stop()
+        probe.close()
+        context_manager.__exit__(None, None, None)
+
+
+@pytest.fixture
+def rig(rig_for, assets):  # noqa: F811 (the fixture imported above)
+    return rig_for(assets["profile_path"])
 
 
 def _hold_after_upstream_stopped(rig: Rig, arm_index: int = 0) -> tuple[int, float]:
@@ -288,3 +302,32 @@ def test_torque_off_needs_the_interbotix_interface(ros_domain):
     assert guard.process.wait(60) == 2, guard.report()
     assert "'estop_torque_off' needs the interbotix interface" in guard.stderr()
     assert "Traceback" not in guard.stderr()
+
+
+@pytest.mark.parametrize("interface", ["ros2_control", "trajectory"])
+def test_guard_forwards_and_holds_on_the_trajectory_interfaces(rig_for, assets, tmp_path, interface):  # noqa: F811
+    path = tmp_path / f"{interface}.yaml"
+    path.write_text(yaml.safe_dump({"extends": assets["profile_path"], "name": f"guard_{interface}",
+                                    "command_interface": interface}))
+    rig = rig_for(str(path))
+    rig.start_guard(command_timeout=TIMEOUT)
+    upstream = make_sender(rig.probe.node, rig.profile, DT, GUARD_INPUT)
+    rig.probe.wait_for_subscribers(upstream.publishers[0][0], 1, 10.0, rig.guard)
+    rig.probe.spin_for(0.3)
+    command = rig.measured()
+    step = rig.profile.velocity_limit[0] * DT
+    for _ in range(10):  # the waists turn at half the velocity limit, 50 Hz
+        command[[0, rig.profile.joints_per_arm]] += 0.5 * step
+        upstream.send(command)
+        rig.probe.spin_for(DT)
+    rig.wait_state("latched")
+    rig.probe.spin_for(0.3)
+    for arm_index in range(len(rig.profile.arms)):
+        part = rig.profile.arm_slice(arm_index)
+        received = [vector for _, vector in rig.log.arm_commands[arm_index]]
+        assert len(received) == 11, f"10 forwarded and the hold, got {len(received)}"
+        np.testing.assert_allclose(received[-2], command[part], atol=1e-9)
+        hold = command[part].copy()
+        hold[SAG_JOINT] += SAG
+        np.testing.assert_allclose(received[-1], hold, atol=1e-9)
+    assert rig.log.rejections == []
