@@ -172,6 +172,17 @@ def test_re_arming_mid_grasp_keeps_the_grippers_closed():
     loop.measured = grasping
     first = loop.tick()
     assert first.command[6] == first.command[13] == 0.0
+    # A gripper found as closed as, or closer than, its last command was moved since (a reset):
+    # it starts where it is.
+    loop.controller.disable()
+    opened_before = loop.commands[-1].copy()
+    opened_before[[6, 13]] = 0.9
+    loop.controller._last_emitted = opened_before
+    reset = opened_before.copy()
+    reset[[6, 13]] = 0.1
+    loop.controller.enable(loop.now, reset)
+    loop.measured = reset
+    assert loop.tick().command[6] == 0.1
 
 
 def test_bad_chunks_are_counted_not_raised():

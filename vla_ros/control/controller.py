@@ -134,16 +134,21 @@ class Controller:
     # --- commands from the operator -----------------------------------------------------------
 
     def enable(self, now: float, measured, steady: float | None = None) -> None:
-        """Arm: ramp from the measured pose, each gripper from its last command (re-arming
-        mid-grasp keeps a closed gripper closed until a chunk moves it). Raises ArmingError
-        (e-stop latched, bad pose)."""
+        """Arm: ramp from the measured pose; a gripper that grasps (held wider than its last
+        command) starts from that command, so re-arming mid-grasp keeps a closed gripper closed
+        until a chunk moves it. Raises ArmingError (e-stop latched, bad pose)."""
         if not self.safety.armed:
             self.executor.clear()
         keep = None
-        if self._last_emitted is not None:
+        if self._last_emitted is not None and measured is not None:
+            # Only a gripper held open by something (measured wider than its last command, beyond
+            # the deadband) keeps its command; one that is as closed or closer (moved since, e.g.
+            # a simulation reset) starts where it is.
             keep = np.full(self.profile.action_dim, np.nan)
             grippers = list(self.profile.gripper_indices)
-            keep[grippers] = self._last_emitted[grippers]
+            last, seen = self._last_emitted[grippers], np.asarray(measured, dtype=np.float64)[grippers]
+            grasping = seen > last + self.profile.settle_deadband[grippers]
+            keep[grippers] = np.where(grasping, last, np.nan)
         self.safety.enable(now if steady is None else steady, measured, keep)
 
     def disable(self) -> None:
