@@ -196,6 +196,10 @@ def test_bench_times_both_attention_layouts_with_and_without_instruction_padding
     for result in layouts["tiny"]["layouts"].values():
         assert {"prefix_only", "steps_1", "steps_10", "ten_over_one", "head_step_ms", "head_step_over_prefix"} <= set(result)
         assert result["ten_over_one"] == pytest.approx(result["steps_10"]["p50_ms"] / result["steps_1"]["p50_ms"], abs=1e-3)
+    cached, whole = (layouts["tiny"]["layouts"][f"{layout}, instruction cut"]["head_only"]
+                     for layout in ("block_causal", "bidirectional"))
+    assert cached["condition_tokens"] == whole["condition_tokens"] == 16 + 9  # one camera's tokens + the instruction
+    assert set(cached) >= {"condition_pass", "step"} and "condition_pass" not in whole
 
 
 def test_bfloat16_runtime_stays_close_to_float32(checkpoint):

@@ -119,6 +119,27 @@ def camera_hw(config: PolicyConfig) -> tuple[int, int]:
     return tuple(size) if size else (480, 640)
 
 
+def measure_head(policy: VLAPolicy, condition_tokens: int, warmup: int, repeats: int) -> dict:
+    """The head alone on a random condition of the prefix's size, interleaved: its per-observation
+    condition pass (block-causal only) and one step (cached step, or the whole sequence for a
+    bidirectional head). Clean figures where whole predicts are too long and noisy to difference."""
+    config, head = policy.config, policy.head
+    generator = torch.Generator().manual_seed(0)
+    condition = torch.randn(1, condition_tokens, config.head.condition_dim, generator=generator)
+    mask = torch.ones(1, condition_tokens, dtype=torch.bool)
+    state = torch.zeros(1, config.state_dim)
+    noise = torch.randn(1, config.horizon, config.action_dim, generator=generator)
+    t = torch.zeros(1)
+    with torch.inference_mode():
+        if head.cacheable:
+            cache = head.encode_condition(condition, mask, state)
+            calls = {"condition_pass": lambda: head.encode_condition(condition, mask, state),
+                     "step": lambda: head.step(cache, noise, t)}
+        else:
+            calls = {"step": lambda: head(condition, mask, state, noise, t)}
+        return {"condition_tokens": condition_tokens, **time_interleaved(calls, warmup, repeats)}
+
+
 def bench_layouts(checkpoint: str | None, warmup: int, repeats: int, threads: int, configs=("tiny",),
                   instructions=("cut", "padded")) -> dict:
     """Prefix, 1 and 10 steps for both attention layouts, one camera, for the named random
@@ -153,7 +174,10 @@ def bench_layouts(checkpoint: str | None, warmup: int, repeats: int, threads: in
                     entry["condition_tokens_padded"] = runtime.policy.backbone.num_tokens(len(config.camera_keys))
                     entry[f"instruction_tokens_{'padded' if pad_text else 'cut'}"] = int(runtime._text[0].shape[1])
                     key = f"{layout}, instruction {'padded' if pad_text else 'cut'}"
-                    entry["layouts"][key] = {**result, **step_costs(result)}
+                    tokens = len(config.camera_keys) * policy.backbone.tokens_per_image + runtime._text[0].shape[1]
+                    head = measure_head(runtime.policy, int(tokens), warmup, max(repeats, 20))
+                    head["step_over_prefix"] = round(head["step"]["p50_ms"] / result["prefix_only"]["p50_ms"], 4)
+                    entry["layouts"][key] = {**result, **step_costs(result), "head_only": head}
             out[name] = entry
     finally:
         torch.set_num_threads(previous_threads)
