@@ -120,6 +120,25 @@ def test_timeout_keeps_a_commanded_gripper_closed_and_the_estop_lets_go():
     assert guard.set_estop(0.15, "service", True)[N - 1] == blocked[N - 1]
 
 
+def test_after_a_rearm_a_gripper_may_resume_from_its_measured_opening_too():
+    """A simulation reset (or an operator) moved a held gripper: its first goal after the re-arm
+    starts where it is measured, not only at the goal the driver held; later goals are capped
+    against the last goal again."""
+    guard, limits, pose = armed_guard()
+    held = pose[N - 1] - 0.05
+    assert guard.on_goal(0.02, 0, GRIPPER, np.array([[held]])) is not None
+    guard.on_measured(0.1, pose)
+    assert guard.check_timeout(0.13) is not None and guard.state == LATCHED
+    moved = pose.copy()
+    moved[N - 1] = held + 0.5  # far from the held goal
+    guard.on_measured(0.2, moved)
+    assert guard.rearm(0.2)[0]
+    assert guard.on_goal(0.21, 0, ARM, moved[None, :N - 1]) is not None
+    assert guard.on_goal(0.21, 0, GRIPPER, np.array([[moved[N - 1]]])) is not None
+    jump = moved[N - 1] - 3 * limits.step[N - 1]
+    assert guard.on_goal(0.22, 0, GRIPPER, np.array([[jump]])) is None  # capped against the last goal
+
+
 def test_no_fresh_pose_at_timeout_sends_nothing_but_latches():
     guard, _, _ = armed_guard()
     assert guard.check_timeout(0.5) is None

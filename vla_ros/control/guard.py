@@ -11,9 +11,9 @@ States: ``waiting`` (forwarding allowed, nothing forwarded since start or re-arm
 Guarantees, per joint, for every goal the guard sends to the driver:
   1. A forwarded goal is finite, inside the position limits minus margin, and within ``step``
      (velocity * dt * step_tolerance) of the last goal the guard sent for that joint; the first
-     goal after start or re-arm is within ``step`` of the reference: a measured pose at most
-     ``max_state_age`` old, except that a gripper the guard has already commanded is compared
-     with the goal its driver still executes. A goal that fails is refused, counted, and the
+     goal for a joint after start or re-arm is within ``step`` of a measured pose at most
+     ``max_state_age`` old or, for a joint the guard has already commanded, of the goal its
+     driver still executes (either is where the joint is or is being held: no jump). A goal that fails is refused, counted, and the
      driver keeps the last goal.
   2. A hold commands the measured pose (at most ``max_state_age`` old, clipped to the hardware
      position limits, beyond which the servo firmware ignores goals): where the arm is, so it
@@ -87,6 +87,7 @@ class Guard:
         # The step reference per joint: the last goal sent, else the measured pose at arming.
         self.goal = np.full(limits.lower.size, np.nan)
         self.sent = np.zeros(limits.lower.size, dtype=bool)  # joints the guard has commanded
+        self.open = np.ones(limits.lower.size, dtype=bool)  # joints awaiting their first goal since (re-)arming
         self.measured: np.ndarray | None = None
         self.measured_at = -math.inf
         self.last_forward_at: float | None = None
@@ -125,26 +126,27 @@ class Guard:
             k = outside[0]
             return self._refuse("limits", f"{self.limits.names[index[k]]} = {values[k]:.4f} outside "
                                           f"[{lower[k]:.4f}, {upper[k]:.4f}] (limits minus margin)")
-        if self.state == WAITING:
-            reference = self.fresh_measured(now)
-            if reference is None:
-                return self._refuse("no_joint_states", "no fresh joint states: the first goal must start "
-                                                       "from the measured pose")
-            reference = self._keep_gripper_goals(reference)
-        else:
-            reference = self.goal
-        jump = np.abs(values - reference[index])
+        measured = self.fresh_measured(now)
+        opening = self.open[index]
+        if self.state == WAITING and measured is None:
+            return self._refuse("no_joint_states", "no fresh joint states: the first goal must start "
+                                                   "from the measured pose")
+        held = np.where(self.sent[index], self.goal[index], np.inf)  # what the driver executes
+        jump = np.abs(values - held)
+        if opening.any() and measured is not None:
+            jump = np.where(opening, np.minimum(jump, np.abs(values - measured[index])), jump)
         over = np.nonzero(jump > self.limits.step[index] + ROUNDING)[0]
         if over.size:
             k = over[0]
-            origin = "the measured pose" if self.state == WAITING else "the last goal"
+            origin = "the measured pose or the goal held" if opening[k] else "the last goal"
             return self._refuse("step", f"{self.limits.names[index[k]]} jumps {jump[k]:.4f} from {origin} "
                                         f"(cap {self.limits.step[index[k]]:.4f})")
         if self.state == WAITING:
-            self.goal = reference.copy()
+            self.goal = self._keep_gripper_goals(measured)
             self._enter(ARMED, "forwarding")
         self.goal[index] = values
         self.sent[index] = True
+        self.open[index] = False
         self.last_forward_at = now
         self._count("forwarded")
         return self.goal.copy()
@@ -184,6 +186,7 @@ class Guard:
         if self.state != LATCHED:
             return True, f"already {self.state}"
         self._enter(WAITING, "re-armed: waiting for the first command")
+        self.open[:] = True
         self._count("rearms")
         return True, "re-armed: the first goal must be within the step cap of the measured pose"
 
