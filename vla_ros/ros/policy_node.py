@@ -33,8 +33,10 @@ from vla_ros.ros import convert
 from vla_ros.ros.command_interfaces import make_sender
 from vla_ros.ros.follower_setup import FollowerSetupError, run_follower_setup
 from vla_ros.ros.params import ParameterError, ParamSpec, declare_parameters
-from vla_ros.ros.qos import ESTOP_TOPIC, estop_qos, image_qos, latest_state_qos, state_qos
+from vla_ros.ros.qos import (DEFAULT_IMAGE_DEPTH, ESTOP_TOPIC, IMAGE_RELIABILITIES, MatchedSubscription, estop_qos,
+                             latest_state_qos, state_qos)
 from vla_ros.ros.node_main import run_node
+from vla_ros.ros.topic_diagnostics import TopicMonitor
 
 PARAMETERS = (
     ParamSpec("profile", "aloha_stationary", "robot profile: bundled name (config/<name>.yaml) or a YAML path"),
@@ -58,8 +60,10 @@ PARAMETERS = (
     ParamSpec("control_rate_hz", 0.0, "control rate in Hz; 0 = the profile's", minimum=0.0, maximum=1000.0),
     ParamSpec("replan_period", 0.1, "seconds between policy calls (a chunk covers horizon * dt)", minimum=0.0, maximum=10.0),
     ParamSpec("image_transport", "raw", "camera message type", choices=("raw", "compressed")),
-    ParamSpec("image_qos", "reliable", "camera QoS reliability (best_effort drops large frames over Fast DDS)",
-              choices=("reliable", "best_effort")),
+    ParamSpec("image_qos", "auto", "camera QoS reliability; auto: the camera publisher's, reliable when it offers "
+              "reliable (best_effort drops large frames over Fast DDS), else best_effort (a reliable subscription "
+              "never hears a best-effort publisher), decided when the first publisher appears",
+              choices=IMAGE_RELIABILITIES),
     ParamSpec("joint_state_qos", "best_effort", "joint-state subscription reliability (depth 1: only the newest "
               "counts; reliable ones arrived in bursts up to 0.3 s old next to image traffic)",
               choices=("reliable", "best_effort")),
@@ -131,10 +135,11 @@ class PolicyNode(Node):
 
         compressed = self.params["image_transport"] == "compressed"
         image_type = CompressedImage if compressed else Image
+        self.input_monitors = self._input_monitors(compressed)
         for camera in self.profile.cameras:
-            self.create_subscription(image_type, convert.camera_topic(camera.topic, compressed),
-                                     lambda msg, cam=camera: self._on_image(cam, msg),
-                                     image_qos(self.params["image_qos"]))
+            MatchedSubscription(self, image_type, convert.camera_topic(camera.topic, compressed),
+                                lambda msg, cam=camera: self._on_image(cam, msg), self.params["image_qos"],
+                                DEFAULT_IMAGE_DEPTH)
         for arm in self.profile.arms:
             self.create_subscription(JointState, arm.joint_states_topic,
                                      lambda msg, arm=arm: self._on_joint_state(arm, msg),
@@ -247,6 +252,21 @@ class PolicyNode(Node):
 
     # --- inputs -----------------------------------------------------------------------------
 
+    def _input_monitors(self, compressed: bool) -> dict[str, TopicMonitor]:
+        """Rate and stamp-age diagnostics per input topic, graded by this node's staleness limits:
+        a stamp older than max_*_age makes the policy hold, and so does a rate under 1 / max_*_age."""
+        now, node, robot = self._now(), self.get_name(), self.profile.name
+        camera_age, state_age = self.params["max_camera_age"], self.params["max_joint_state_age"]
+        monitors = {f"camera:{camera.name}": TopicMonitor(
+            f"{node}: input camera {camera.name}", convert.camera_topic(camera.topic, compressed),
+            f"{robot}/{camera.name}", min_rate=1.0 / camera_age, max_age=camera_age, start=now)
+            for camera in self.profile.cameras}
+        for arm in self.profile.arms:
+            monitors[f"joint_states:{arm.name}"] = TopicMonitor(
+                f"{node}: input joint_states {arm.name}", arm.joint_states_topic, f"{robot}/{arm.name}",
+                min_rate=1.0 / state_age, max_age=state_age, start=now)
+        return monitors
+
     def _on_image(self, camera, msg) -> None:
         """Keep the newest frame after cheap header checks; decoding waits for the worker, which
         uses one frame in five (at the default replan period), so that the 50 Hz callbacks stay
@@ -262,6 +282,7 @@ class PolicyNode(Node):
         except Exception as exc:  # a bad frame is counted and leaves the camera stale
             self.inputs.count_error(f"bad_image:{camera.name}", f"camera {camera.name}: {exc}")
             return
+        self.input_monitors[f"camera:{camera.name}"].record(self._now(), stamp)
         with self.inputs.lock:
             self.inputs.images[camera.name] = (stamp, msg)
 
@@ -286,6 +307,7 @@ class PolicyNode(Node):
         except Exception as exc:
             self.inputs.count_error(f"bad_joint_state:{arm.name}", f"arm {arm.name}: {exc}")
             return
+        self.input_monitors[f"joint_states:{arm.name}"].record(self._now(), stamp)
         with self.inputs.lock:
             self.inputs.arm_state[arm.name] = (stamp, vector)
 
@@ -496,7 +518,8 @@ class PolicyNode(Node):
         status = DiagnosticStatus(level=level, name=f"{self.get_name()}: policy", message=message,
                                   hardware_id=self.profile.name)
         status.values = [KeyValue(key=str(k), value=str(v)) for k, v in values.items()]
-        msg = DiagnosticArray(status=[status])
+        now = self._now()
+        msg = DiagnosticArray(status=[status, *(monitor.status(now) for monitor in self.input_monitors.values())])
         msg.header.stamp = self.get_clock().now().to_msg()
         self.diagnostics_publisher.publish(msg)
 

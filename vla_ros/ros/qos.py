@@ -18,7 +18,7 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 RELIABILITIES = {"reliable": ReliabilityPolicy.RELIABLE, "best_effort": ReliabilityPolicy.BEST_EFFORT}
 AUTO = "auto"
 IMAGE_RELIABILITIES = (AUTO, *RELIABILITIES)  # the choices of an image_qos parameter
-AUTO_RECHECK_PERIOD = 0.5  # seconds between looks for a first publisher
+AUTO_RECHECK_PERIOD = 0.2  # seconds between looks for a first publisher (a cheap local graph query)
 DEFAULT_IMAGE_RELIABILITY = "reliable"
 DEFAULT_IMAGE_DEPTH = 2
 DEFAULT_STATE_DEPTH = 10
