@@ -27,8 +27,10 @@ def launch_setup(context):
         return LaunchConfiguration(name).perform(context)
 
     use_sim_time = launch_args.boolean("use_sim_time", arg("use_sim_time"))
-    common = {"namespace": launch_args.namespace(arg("namespace")),
-              "remappings": launch_args.remappings(arg("remap")), "output": "screen"}
+    namespace = launch_args.namespace(arg("namespace"))
+    # the guard's input under the namespace too, so that two namespaced robots never share it
+    guard_input = "/" + "/".join(part for part in (namespace.strip("/"), GUARD_INPUT.strip("/")) if part)
+    common = {"namespace": namespace, "remappings": launch_args.remappings(arg("remap")), "output": "screen"}
     policy_node = Node(
         package="vla_ros", executable="policy_node", name="policy_node", **common,
         parameters=[
@@ -39,7 +41,7 @@ def launch_setup(context):
                 # a string whatever it reads like: launch_ros would parse 'yes' or '1' as YAML
                 "instruction": ParameterValue(arg("instruction"), value_type=str),
                 "dry_run": launch_args.boolean("dry_run", arg("dry_run")),
-                "command_namespace": GUARD_INPUT,
+                "command_namespace": guard_input,
                 "use_sim_time": use_sim_time,
             },
         ],
@@ -48,7 +50,7 @@ def launch_setup(context):
         package="vla_ros", executable="arm_guard", name="arm_guard", **common,
         parameters=[
             arg("guard_params_file"),
-            {"profile": launch_args.profile(arg("profile")), "input_namespace": GUARD_INPUT,
+            {"profile": launch_args.profile(arg("profile")), "input_namespace": guard_input,
              "use_sim_time": use_sim_time},
         ],
     )

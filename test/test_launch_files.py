@@ -182,6 +182,14 @@ def test_namespace_and_remap_reach_every_node(path, monkeypatch, tmp_path):
                                              ("/diagnostics", "/robot1/diagnostics")]
 
 
+@pytest.mark.parametrize("namespace, expected", [("", "/arm_guard/in"), ("/robot1", "/robot1/arm_guard/in"),
+                                                 ("robot1", "/robot1/arm_guard/in")])
+def test_policy_node_commands_go_to_the_guard_of_its_own_namespace(namespace, expected, monkeypatch, tmp_path):
+    nodes = _launch(ROOT / "launch" / "robot.launch.py", monkeypatch, tmp_path, namespace=namespace)
+    assert _overrides(_node(nodes, "policy_node"))["command_namespace"] == expected
+    assert _overrides(_node(nodes, "arm_guard"))["input_namespace"] == expected
+
+
 @pytest.mark.parametrize("path", LAUNCH_FILES, ids=lambda p: p.name)
 @pytest.mark.parametrize("instruction", ["yes", "1", "null", "[a, b]", "fold the towel"])
 def test_instruction_reaches_policy_node_as_a_string(path, instruction, monkeypatch, tmp_path):
