@@ -1,8 +1,8 @@
 """Resolve requirements-robot.txt against PyPI for each ROS 2 distro's Python, wheels only.
 
-Humble runs Python 3.10, Jazzy and Kilted 3.12; 3.11 is the tested venv's. pip resolves the whole
-file (dependencies included) without installing, ignoring this machine's pip configuration and
-local wheel directories, so a pass means a robot can install the file from PyPI.
+Humble runs Python 3.10, Jazzy and Kilted 3.12; 3.11 is the tested venv's. pip resolves the file
+(dependencies included, torch excepted: see below) without installing, ignoring this machine's pip
+configuration and local wheel directories, so a pass means a robot can install the file from PyPI.
 
 torch is only checked for a wheel of the pinned version on each Python (`pip index versions`): its
 CUDA dependency tree is pinned by torch itself, and resolving it means downloading about 1.5 GB of
