@@ -131,7 +131,10 @@ class Guard:
         if self.state == WAITING and measured is None:
             return self._refuse("no_joint_states", "no fresh joint states: the first goal must start "
                                                    "from the measured pose")
-        held = np.where(self.sent[index], self.goal[index], np.inf)  # what the driver executes
+        # What the driver executes: the goals sent; armed, the goal vector starts at the measured
+        # pose, so a joint not commanded yet is compared with where it was at arming.
+        held = self.goal[index] if self.state == ARMED else np.where(self.sent[index], self.goal[index],
+                                                                      measured[index])
         jump = np.abs(values - held)
         if opening.any() and measured is not None:
             jump = np.where(opening, np.minimum(jump, np.abs(values - measured[index])), jump)

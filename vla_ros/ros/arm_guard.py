@@ -17,6 +17,7 @@ No torch anywhere in its imports: it starts in about a second.
 
 from __future__ import annotations
 
+import math
 import sys
 import threading
 import time
@@ -36,6 +37,12 @@ from vla_ros.ros.follower_setup import TorqueEnable
 from vla_ros.ros.node_main import run_node
 from vla_ros.ros.params import ParameterError, ParamSpec, declare_parameters
 from vla_ros.ros.qos import ESTOP_TOPIC, estop_qos, latest_state_qos, state_qos
+
+# The longest stall of the guard's own process (not scheduled, seen up to 0.3 s on a loaded
+# 2-core machine) after which it still processes every upstream command in order instead of
+# latching: its input queue holds this much of the stream, and the watchdog, when it wakes late,
+# lets the queued commands in before it decides that none arrived.
+OWN_STALL_TOLERANCE_S = 0.5
 
 PARAMETERS = (
     ParamSpec("profile", "aloha_stationary", "robot profile: bundled name (config/<name>.yaml) or a YAML path"),
@@ -73,7 +80,7 @@ class ArmGuard(Node):
             if missing:
                 raise ParameterError(f"parameter 'estop_torque_off': arms {missing} have no driver_namespace "
                                      f"in profile {profile.name}")
-        dt = 1.0 / (self.params["rate"] or profile.control_rate_hz)
+        self.dt = dt = 1.0 / (self.params["rate"] or profile.control_rate_hz)
         self.guard = Guard(GuardLimits.from_profile(profile, dt, self.params["step_tolerance"]),
                            self.params["command_timeout"], self.params["max_joint_state_age"])
         self.lock = threading.Lock()
@@ -85,7 +92,8 @@ class ArmGuard(Node):
         # Radian gripper goals are what the driver takes after the follower setup.
         make_receiver(self, profile, self._on_goal, self._on_reject,
                       now=lambda: self.get_clock().now().nanoseconds * 1e-9, start_time=time.monotonic,
-                      topic_prefix=namespace, driver_state=InterbotixDriverState(profile, "current_based_position"))
+                      topic_prefix=namespace, driver_state=InterbotixDriverState(profile, "current_based_position"),
+                      depth=math.ceil(OWN_STALL_TOLERANCE_S / dt))
         for arm in profile.arms:
             self.create_subscription(JointState, arm.joint_states_topic,
                                      lambda msg, arm=arm: self._on_joint_state(arm, msg), latest_state_qos())
@@ -162,15 +170,22 @@ class ArmGuard(Node):
             self.sender.send(hold)
 
     def _watch(self) -> None:
-        """Sleep until the command timeout falls due; new commands only move it later."""
+        """Sleep until the command timeout falls due; new commands only move it later. Waking
+        more than a tick late means this process was not running: the commands that arrived
+        meanwhile are still queued, so the executor gets one tick to take them first."""
+        graced = None
         while not self._stop.is_set():
             with self.lock:
                 deadline = self.guard.deadline()
                 now = time.monotonic()
-                if deadline is not None and now >= deadline:
+                late = deadline is not None and now - deadline > self.dt and graced != deadline
+                if deadline is not None and now >= deadline and not late:
                     self._send_hold(self.guard.check_timeout(now))
                     deadline = None
-            if deadline is None:
+            if late:
+                graced = deadline
+                self._stop.wait(self.dt)
+            elif deadline is None:
                 self._after_change()
                 self._wake.wait(1.0)
                 self._wake.clear()
