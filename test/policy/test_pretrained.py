@@ -473,7 +473,8 @@ def test_training_stores_frames_at_the_size_the_padded_fit_resizes_them_to(model
 
     policy = _policy(model_dirs, "smolvlm")
     policy.backbone.image_fit = ImageFit(mode="pad")
-    dataset = SimpleNamespace(features={"observation.images.cam_high": {"shape": [240, 320, 3]}})
+    dataset = SimpleNamespace(features={"observation.images.cam_high": {"shape": [240, 320, 3]}},
+                              feature_key=lambda camera: f"observation.images.{camera}")
     assert working_image_size(dataset, policy, {}, None) == (24, 32)  # 32 on the long side, 3:4 kept
     assert working_image_size(dataset, policy, {"cam_high": (0.0, 0.0, 1.0, 0.375)}, None) == (32, 16)
     assert working_image_size(dataset, policy, {}, 20) == (20, 20)  # data.image_size wins

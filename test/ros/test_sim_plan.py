@@ -1,4 +1,4 @@
-"""sim_node's trajectory following and its documented defaults, without starting ROS."""
+"""sim_node's goal following and its documented defaults, without starting ROS."""
 
 from pathlib import Path
 
@@ -6,25 +6,24 @@ import numpy as np
 import pytest
 import yaml
 
-from vla_ros.ros.sim_node import PARAMETERS, ArmPlan
+from vla_ros.ros.sim_node import PARAMETERS, JointPlan
 
 CONFIG = Path(__file__).resolve().parents[2] / "config" / "sim_node.yaml"
 
 
 def test_plan_interpolates_from_current_state_then_holds():
-    current = np.zeros(7)
-    targets = np.array([np.full(7, 1.0), np.full(7, 3.0)])
-    plan = ArmPlan.from_trajectory(10.0, current, np.array([0.5, 1.5]), targets)
-    np.testing.assert_allclose(plan.sample(10.0), 0.0)
-    np.testing.assert_allclose(plan.sample(10.25), 0.5)
-    np.testing.assert_allclose(plan.sample(11.0), 2.0)
-    np.testing.assert_allclose(plan.sample(20.0), 3.0)  # held after the last point
+    plan = JointPlan.from_goal(10.0, 0.0, np.array([0.5, 1.5]), np.array([1.0, 3.0]))
+    assert plan.sample(10.0) == pytest.approx(0.0)
+    assert plan.sample(10.25) == pytest.approx(0.5)
+    assert plan.sample(11.0) == pytest.approx(2.0)
+    assert plan.sample(20.0) == pytest.approx(3.0)  # held after the last point
 
 
-def test_plan_with_point_at_zero_starts_there():
-    plan = ArmPlan.from_trajectory(0.0, np.full(7, 9.0), np.array([0.0, 1.0]), np.array([np.zeros(7), np.ones(7)]))
-    np.testing.assert_allclose(plan.sample(0.0), 0.0)
-    np.testing.assert_allclose(plan.sample(0.5), 0.5)
+def test_a_goal_at_time_zero_applies_at_once_and_is_held():
+    """xs_sdk goals (one point at 0): the joint's target is the goal from now on."""
+    plan = JointPlan.from_goal(0.0, 9.0, np.array([0.0]), np.array([0.25]))
+    assert plan.sample(0.0) == pytest.approx(0.25)
+    assert plan.sample(100.0) == pytest.approx(0.25)
 
 
 def test_params_file_documents_every_parameter_with_its_default():
