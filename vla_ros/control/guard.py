@@ -13,8 +13,8 @@ Guarantees, per joint, for every goal the guard sends to the driver:
      (velocity * dt * step_tolerance) of the last goal the guard sent for that joint; the first
      goal for a joint after start or re-arm is within ``step`` of a measured pose at most
      ``max_state_age`` old or, for a joint the guard has already commanded, of the goal its
-     driver still executes (either is where the joint is or is being held: no jump). A goal that fails is refused, counted, and the
-     driver keeps the last goal.
+     driver still executes (either is where the joint is or is being held: no jump). A goal
+     that fails is refused, counted, and the driver keeps the last goal.
   2. A hold commands the measured pose (at most ``max_state_age`` old, clipped to the hardware
      position limits, beyond which the servo firmware ignores goals): where the arm is, so it
      never makes the arm jump and leaves no servo pushing towards a goal away from the arm. The
