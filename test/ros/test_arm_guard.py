@@ -184,12 +184,13 @@ def test_guard_holds_the_measured_pose_when_the_policy_node_dies_or_hangs(rig, a
     rig.probe.spin_for(0.5)
     assert len(rig.log.arm_commands[0]) == count, "forwarded while latched"
     assert int(rig.values("arm_guard").get("count:refused:latched", 0)) > 0 or how == "kill"
+    if how == "stop":
+        # While the guard held, the policy went on without the arm. The operator's order: disarm
+        # it, re-arm the guard, enable the policy, which ramps from the measured pose.
+        assert rig.probe.call(SetBool, "/policy_node/enable", SetBool.Request(data=False), 10.0, policy).success
     response = rig.rearm()
     assert response.success, response.message
     if how == "stop":
-        # While the guard held, the policy went on without the arm: the guard refuses to jump to its
-        # stream. Re-enabled, the policy ramps from the measured pose and the guard forwards again.
-        assert rig.probe.call(SetBool, "/policy_node/enable", SetBool.Request(data=False), 10.0, policy).success
         rig.enable_policy()
         topic = rig.profile.arms[0].arm_command_topic
         groups = len(rig.log.messages[topic])
