@@ -166,23 +166,23 @@ def test_re_arming_mid_grasp_keeps_the_grippers_closed():
         loop.tick()
     assert loop.commands[-1][6] == loop.commands[-1][13] == 0.0
     grasping = loop.commands[-1].copy()
-    grasping[[6, 13]] = 0.4  # the cube between the fingers
+    grasping[[6, 13]] = 0.4  # the cube between the fingers keeps them open
+    loop.controller.tick(loop.now, grasping, *stamps(loop.now))
     loop.controller.disable()
     loop.controller.enable(loop.now, grasping)
     loop.measured = grasping
     first = loop.tick()
     assert first.command[6] == first.command[13] == 0.0
-    # A gripper found as closed as, or closer than, its last command was moved since (a reset):
-    # it starts where it is.
+    # A gripper measured elsewhere than when its last command went out was moved since (a
+    # simulation reset, an operator): it starts where it is, wider or not.
+    for _ in range(5):
+        loop.tick()
     loop.controller.disable()
-    opened_before = loop.commands[-1].copy()
-    opened_before[[6, 13]] = 0.9
-    loop.controller._last_emitted = opened_before
-    reset = opened_before.copy()
-    reset[[6, 13]] = 0.1
+    reset = loop.commands[-1].copy()
+    reset[[6, 13]] = 0.7  # moved 0.3 from where it was measured: further than the servo goes in two ticks
     loop.controller.enable(loop.now, reset)
     loop.measured = reset
-    assert loop.tick().command[6] == 0.1
+    assert loop.tick().command[6] == 0.7
 
 
 def test_bad_chunks_are_counted_not_raised():

@@ -123,6 +123,7 @@ class Controller:
         )
         self.safety = SafetyFilter(self.limits, self.dt, track=config.track_measured)
         self._last_emitted: np.ndarray | None = None  # survives sessions: the grippers' last goals
+        self._measured_at_emit: np.ndarray | None = None  # the measured pose when it was emitted
         self.chunk_counters: dict[str, int] = {}
         self.ticks = 0
         self.commands_emitted = 0
@@ -140,15 +141,19 @@ class Controller:
         if not self.safety.armed:
             self.executor.clear()
         keep = None
-        if self._last_emitted is not None and measured is not None:
+        if self._last_emitted is not None and self._measured_at_emit is not None and measured is not None:
             # Only a gripper held open by something (measured wider than its last command, beyond
-            # the deadband) keeps its command; one that is as closed or closer (moved since, e.g.
-            # a simulation reset) starts where it is.
+            # the deadband) and not moved since that command keeps it; one that moved (a
+            # simulation reset, an operator) or is as closed as commanded starts where it is.
             keep = np.full(self.profile.action_dim, np.nan)
             grippers = list(self.profile.gripper_indices)
+            deadband = self.profile.settle_deadband[grippers]
             last, seen = self._last_emitted[grippers], np.asarray(measured, dtype=np.float64)[grippers]
-            grasping = seen > last + self.profile.settle_deadband[grippers]
-            keep[grippers] = np.where(grasping, last, np.nan)
+            grasping = seen > last + deadband
+            # "Moved": further than the servo itself carries it in two ticks at full speed.
+            travel = 2.0 * self.profile.velocity_limit[grippers] * self.dt
+            unmoved = np.abs(seen - self._measured_at_emit[grippers]) <= deadband + travel
+            keep[grippers] = np.where(grasping & unmoved, last, np.nan)
         self.safety.enable(now if steady is None else steady, measured, keep)
 
     def disable(self) -> None:
@@ -173,7 +178,7 @@ class Controller:
         if self.safety.state != "disarmed":
             raise ValueError(f"tracking can change only while disarmed (now {self.safety.state})")
         if bool(track) != self.safety.track:
-            self._last_emitted = None  # the grippers never received the other mode's commands
+            self._last_emitted = self._measured_at_emit = None  # the grippers never got those commands
         self.safety.track = bool(track)
 
     def wants_chunks(self) -> bool:
@@ -232,6 +237,8 @@ class Controller:
         if result.command is not None:
             self.commands_emitted += 1
             self._last_emitted = result.command
+            pose = None if measured is None else np.asarray(measured, dtype=np.float64)
+            self._measured_at_emit = pose if pose is not None and pose.shape == result.command.shape else None
         if not self.safety.armed and self.executor.live_chunks:
             self.executor.clear()  # a fault leaves nothing to resume from
         return TickResult(result.command, result.state, gate.reasons + tuple(result.interventions))
