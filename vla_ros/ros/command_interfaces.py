@@ -60,6 +60,14 @@ def require_interbotix_msgs() -> None:
         raise ImportError(INTERBOTIX_MISSING)
 
 
+def arm_command_type(profile: RobotProfile):
+    """The message type on each arm's arm_command_topic."""
+    if profile.command_interface == "interbotix":
+        require_interbotix_msgs()
+        return JointGroupCommand
+    return JointTrajectory
+
+
 def command_topics(profile: RobotProfile) -> list[str]:
     """Every topic the profile's interface sends on, arm by arm."""
     topics = []

@@ -25,7 +25,7 @@ from std_srvs.srv import SetBool, Trigger
 
 from vla_ros.robot.profile import load_profile
 from vla_ros.ros import convert
-from vla_ros.ros.command_interfaces import CommandLog
+from vla_ros.ros.command_interfaces import arm_command_type, command_qos
 from vla_ros.ros.qos import image_qos
 from vla_ros.ros.processes import NodeProcess, Probe, module_command, ros_context
 from vla_ros.sim.collect import TASK_TEXT
@@ -162,8 +162,11 @@ class SimSession:
         self.success_msgs = self.probe.subscribe(Bool, "/sim_node/success")
         self.reward_msgs = self.probe.subscribe(Float32, "/sim_node/reward")
         self.joint_msgs = self.probe.subscribe(JointState, self.profile.arms[0].joint_states_topic)
-        self.command_log = CommandLog(self.probe.node, self.profile)
-        self.command_msgs = self.command_log.messages[self.profile.arms[0].arm_command_topic]
+        # Counted only: decoding every command here took CPU from the nodes under test.
+        record_all = command_qos()
+        record_all.depth = 100
+        self.command_msgs = self.probe.subscribe(arm_command_type(self.profile), self.profile.arms[0].arm_command_topic,
+                                                 record_all)
         self.diagnostic_msgs = self.probe.subscribe(DiagnosticArray, "/diagnostics")
         compressed = self.config.compressed_images
         self.image_msgs = (self.probe.subscribe(CompressedImage if compressed else Image,
