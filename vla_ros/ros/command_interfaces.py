@@ -239,6 +239,11 @@ class Receiver:
     def _subscribe(self, node, prefix: str) -> None:
         raise NotImplementedError
 
+    def _listen(self, node, msg_type, topic: str, arm_index: int, decode) -> None:
+        """Subscribe ``topic``; each message goes through ``decode(arm_index, msg)`` to a goal."""
+        node.create_subscription(msg_type, topic,
+                                 lambda msg: self._handle(topic, msg, lambda: decode(arm_index, msg)), self.qos)
+
     def _handle(self, topic: str, msg, decode: Callable[[], JointGoal]) -> None:
         if self.on_message is not None:
             self.on_message(topic, msg)
@@ -285,13 +290,8 @@ class InterbotixReceiver(Receiver):
     def _subscribe(self, node, prefix):
         require_interbotix_msgs()
         for index, arm in enumerate(self.profile.arms):
-            group_topic, single_topic = prefix + arm.arm_command_topic, prefix + arm.gripper_command_topic
-            node.create_subscription(JointGroupCommand, group_topic,
-                                     lambda msg, i=index, t=group_topic: self._handle(t, msg, lambda: self._group(i, msg)),
-                                     self.qos)
-            node.create_subscription(JointSingleCommand, single_topic,
-                                     lambda msg, i=index, t=single_topic: self._handle(t, msg, lambda: self._single(i, msg)),
-                                     self.qos)
+            self._listen(node, JointGroupCommand, prefix + arm.arm_command_topic, index, self._group)
+            self._listen(node, JointSingleCommand, prefix + arm.gripper_command_topic, index, self._single)
 
     def _group(self, arm_index: int, msg) -> JointGoal:
         joints = self.driver.group_joints(msg.name)
@@ -366,13 +366,8 @@ class InterbotixDriverState:
 class Ros2ControlReceiver(Receiver):
     def _subscribe(self, node, prefix):
         for index, arm in enumerate(self.profile.arms):
-            arm_topic, gripper_topic = prefix + arm.arm_command_topic, prefix + arm.gripper_command_topic
-            node.create_subscription(JointTrajectory, arm_topic,
-                                     lambda msg, i=index, t=arm_topic: self._handle(t, msg, lambda: self._arm(i, msg)),
-                                     self.qos)
-            node.create_subscription(JointTrajectory, gripper_topic,
-                                     lambda msg, i=index, t=gripper_topic: self._handle(t, msg, lambda: self._gripper(i, msg)),
-                                     self.qos)
+            self._listen(node, JointTrajectory, prefix + arm.arm_command_topic, index, self._arm)
+            self._listen(node, JointTrajectory, prefix + arm.gripper_command_topic, index, self._gripper)
 
     def _arm(self, arm_index, msg):
         joints = tuple(range(len(self.profile.arm_joints)))
@@ -387,10 +382,7 @@ class Ros2ControlReceiver(Receiver):
 class TrajectoryReceiver(Receiver):
     def _subscribe(self, node, prefix):
         for index, arm in enumerate(self.profile.arms):
-            topic = prefix + arm.arm_command_topic
-            node.create_subscription(JointTrajectory, topic,
-                                     lambda msg, i=index, t=topic: self._handle(t, msg, lambda: self._trajectory(i, msg)),
-                                     self.qos)
+            self._listen(node, JointTrajectory, prefix + arm.arm_command_topic, index, self._trajectory)
 
     def _trajectory(self, arm_index, msg):
         arm = self.profile.arms[arm_index]
