@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from builtin_interfaces.msg import Time
-from diagnostic_msgs.msg import DiagnosticArray
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from interbotix_xs_msgs.msg import JointGroupCommand, JointSingleCommand
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import CompressedImage, Image, JointState
@@ -251,6 +251,23 @@ def test_fast_mode_publishes_clock_and_compressed_images(ros_domain):
         assert np.all(steps >= 1) and np.allclose(np.diff(seconds), 0.02 * steps)
         assert convert.compressed_to_array(images[-1]).shape == (48, 64, 3)
         assert convert.time_to_seconds(images[-1].header.stamp) <= seconds[-1] + 1.0
+        assert node.stop() == 0, node.report()
+
+
+def test_transfer_cube_scene_publishes_which_behaviours_completed(ros_domain):
+    """Every step: each behaviour of the scene and the step it completed at ("" while it has not;
+    the detectors themselves are tested in-process in test/sim/test_behaviours.py)."""
+    params = {"real_time": False, "image_width": 64, "image_height": 48, "image_format": "jpeg",
+              "diagnostics_period": 0.1}
+    with NodeProcess(module_command("vla_ros.ros.sim_node"), params, PARAMS_FILE, domain_id=ros_domain) as node, \
+            ros_context(ros_domain) as context, Probe(context) as probe:
+        behaviours = probe.subscribe(DiagnosticStatus, "/sim_node/behaviours")
+        probe.subscribe(DiagnosticArray, "/diagnostics")
+        probe.wait_for(lambda: len(behaviours) >= 20 and diagnostics(probe), STARTUP_TIMEOUT,
+                       "behaviours and diagnostics", node)
+        assert {kv.key: kv.value for kv in behaviours[-1].values} == {"transfer": "", "lift_place": ""}
+        assert behaviours[-1].message == "episode 0"
+        assert diagnostics(probe)["completed:transfer"] == diagnostics(probe)["completed:lift_place"] == ""
         assert node.stop() == 0, node.report()
 
 

@@ -12,6 +12,7 @@ from vla_ros.policy.runtime import PolicyRuntime
 from vla_ros.robot.profile import load_profile
 from vla_ros.sim import collect
 from vla_ros.sim.aloha_sim import AlohaSim
+from vla_ros.sim.behaviours import INSTRUCTIONS
 from vla_ros.sim.scripted import EPISODE_LEN, scripted_transfer_cube
 
 HEIGHT, WIDTH = 48, 64
@@ -74,6 +75,40 @@ def test_collected_data_trains_a_policy_the_runtime_loads(collected, tmp_path):
     assert chunk.shape == (10, 14) and np.isfinite(chunk).all()
 
 
+def fake_episode(seed, length, behaviour="transfer"):
+    return type("Episode", (), {"seed": seed, "joint_actions": [None], "behaviour": behaviour})()
+
+
+def test_behaviours_take_turns_and_label_their_episodes_with_their_instruction(tmp_path, capsys, monkeypatch):
+    attempts = []
+
+    def fails_seed_2(sim, episode, writer, cameras):
+        attempts.append((episode.seed, episode.behaviour))
+        writer.add_frame(np.zeros(14), np.zeros(14), {"cam_high": np.zeros((16, 16, 3), np.uint8)})
+        return episode.seed != 2
+
+    monkeypatch.setattr(collect, "record_in_sim", fails_seed_2)
+    monkeypatch.setattr(collect, "scripted_transfer_cube", fake_episode)
+    code = collect.main(["--episodes", "2", "--behaviours", "transfer,lift_place", "--output", str(tmp_path / "ds"),
+                         "--image-size", "16x16"])
+    result = json.loads(capsys.readouterr().out)
+    # lift_place is full after seed 3, so seed 4 (transfer's turn anyway) and no more are tried
+    assert code == 0 and attempts == [(0, "transfer"), (1, "lift_place"), (2, "transfer"), (3, "lift_place"),
+                                      (4, "transfer")]
+    assert result["kept_seeds_by_behaviour"] == {"transfer": [0, 4], "lift_place": [1, 3]}
+    assert result["instructions"] == {name: INSTRUCTIONS[name] for name in ("transfer", "lift_place")}
+    dataset = LeRobotDataset(tmp_path / "ds")
+    assert [dataset.episode(i).task for i in range(4)] == [INSTRUCTIONS[name] for name in
+                                                          ("transfer", "lift_place", "lift_place", "transfer")]
+
+
+@pytest.mark.parametrize("text", ["transfer,transfer", "juggle", ","])
+def test_unknown_or_repeated_behaviours_are_refused(tmp_path, capsys, text):
+    assert collect.main(["--episodes", "1", "--behaviours", text, "--output", str(tmp_path / "ds")]) == 1
+    assert "behaviours must be distinct names" in capsys.readouterr().err
+    assert not (tmp_path / "ds").exists()
+
+
 def test_reports_kept_of_tried_and_fails_when_too_few_succeed(tmp_path, capsys, monkeypatch):
     attempts = []
 
@@ -83,8 +118,7 @@ def test_reports_kept_of_tried_and_fails_when_too_few_succeed(tmp_path, capsys, 
         return episode.seed % 2 == 0
 
     monkeypatch.setattr(collect, "record_in_sim", fails_odd_seeds)
-    monkeypatch.setattr(collect, "scripted_transfer_cube",
-                        lambda seed, length: type("Episode", (), {"seed": seed, "joint_actions": [None]})())
+    monkeypatch.setattr(collect, "scripted_transfer_cube", fake_episode)
     code = collect.main(["--episodes", "2", "--output", str(tmp_path / "ds"), "--image-size", "16x16",
                          "--start-seed", "3", "--max-tries", "3"])
     result = json.loads(capsys.readouterr().out)

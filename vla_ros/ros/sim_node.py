@@ -2,7 +2,10 @@
 
 Publishes each follower's JointState in the ALOHA ROS 2 stack's 9-name layout, the cameras the
 simulation renders on the profile's camera topics, the task reward and success, /diagnostics,
-and /clock when stepping as fast as possible. Takes commands on the robot profile's command
+and /clock when stepping as fast as possible. In the transfer-cube scene it also publishes, every
+step, which of the scene's behaviours (vla_ros.sim.behaviours: transfer, lift_place) the episode
+has completed on ~/behaviours: a DiagnosticStatus whose values map each behaviour to the episode
+step it completed at, or "" (an evaluation gives one instruction and checks them all). Takes commands on the robot profile's command
 interface exactly as its real receiver does (vla_ros.ros.command_interfaces):
 - interbotix: xs_sdk's joint_group and joint_single commands, and its reboot_motors,
   set_operating_modes and torque_enable services; goals apply at once, are held until the next
@@ -126,6 +129,8 @@ class SimNode(Node):
         ]
         self.reward_pub = self.create_publisher(Float32, "~/reward", state_qos())
         self.success_pub = self.create_publisher(Bool, "~/success", state_qos())
+        self.behaviours_pub = (self.create_publisher(DiagnosticStatus, "~/behaviours", state_qos())
+                               if self.sim.behaviours is not None else None)
         self.diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", state_qos())
         self.clock_pub = None if self.real_time else self.create_publisher(Clock, "/clock", state_qos())
         self.driver_state = None
@@ -216,9 +221,20 @@ class SimNode(Node):
             pub.publish(msg)
         self.reward_pub.publish(Float32(data=float(self.reward)))
         self.success_pub.publish(Bool(data=bool(self.success)))
+        if self.behaviours_pub is not None:
+            self.behaviours_pub.publish(DiagnosticStatus(
+                name="sim_node: behaviours", message=f"episode {self.episode}",
+                values=[KeyValue(key=k, value=v) for k, v in self.completed_behaviours().items()]))
         if time.monotonic() >= self.next_diagnostics:
             self.next_diagnostics = time.monotonic() + self.params["diagnostics_period"]
             self.publish_diagnostics(stamp)
+
+    def completed_behaviours(self) -> dict[str, str]:
+        """Behaviour -> the episode step it completed at ("" if not yet); empty outside the
+        transfer-cube scene."""
+        if self.sim.behaviours is None:
+            return {}
+        return {name: "" if step is None else str(step) for name, step in self.sim.behaviours.completed.items()}
 
     def publish_diagnostics(self, stamp) -> None:
         problems = self.rejected_commands or self.sim_errors
@@ -235,6 +251,8 @@ class SimNode(Node):
             ("last_rejection", self.last_rejection), ("command_interface", self.profile.command_interface),
             ("sim_errors", self.sim_errors), ("overruns", self.overruns),
             ("real_time", self.real_time))]
+        status.values += [KeyValue(key=f"completed:{name}", value=step)
+                          for name, step in self.completed_behaviours().items()]
         if self.driver_state is not None:
             status.values.append(KeyValue(key="driver_modes", value=str(self.driver_state.modes)))
         self.diagnostics_pub.publish(DiagnosticArray(header=convert.make_header(stamp), status=[status]))

@@ -22,6 +22,8 @@ from gym_aloha.constants import ASSETS_DIR, DT
 from gym_aloha.tasks import sim as joint_sim
 from gym_aloha.utils import sample_box_pose, sample_insertion_pose
 
+from vla_ros.sim.behaviours import BehaviourMonitor
+
 ACTION_DIM = 14
 SIM_CAMERAS = ("top", "angle", "front_close")
 SUCCESS_REWARD = 4
@@ -69,7 +71,8 @@ class AlohaSim:
 
     Observations: ``{'qpos': (14,), 'qvel': (14,), 'images': {camera: HxWx3 uint8 RGB}}`` with
     grippers normalised as gym-aloha gives them (0 = closed). Actions: 14 joint targets, grippers
-    normalised."""
+    normalised. In the transfer-cube scene, ``behaviours`` says which of the scene's behaviours
+    the episode has completed (vla_ros.sim.behaviours); it is None in other scenes."""
 
     def __init__(
         self,
@@ -108,6 +111,7 @@ class AlohaSim:
         )
         self._cameras = {}
         self.steps = 0
+        self.behaviours = BehaviourMonitor(physics) if task == "transfer_cube" else None
 
     @property
     def physics(self):
@@ -137,6 +141,8 @@ class AlohaSim:
         joint_sim.BOX_POSE[0] = self.spec.sample_objects(seed)
         timestep = self._env.reset()
         self.steps = 0
+        if self.behaviours is not None:
+            self.behaviours.reset(self.physics)
         return self._observation(timestep.observation)
 
     def step(self, action) -> tuple[dict, float, bool]:
@@ -149,6 +155,8 @@ class AlohaSim:
         timestep = self._env.step(action)
         self.steps += 1
         reward = float(timestep.reward or 0.0)
+        if self.behaviours is not None:
+            self.behaviours.update(self.physics, reward, timestep.observation["qpos"])
         return self._observation(timestep.observation), reward, reward >= SUCCESS_REWARD
 
     @property

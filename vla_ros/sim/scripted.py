@@ -43,6 +43,8 @@ from gym_aloha.tasks import sim as joint_sim
 from gym_aloha.tasks.sim_end_effector import TransferCubeEndEffectorTask
 from gym_aloha.utils import sample_box_pose
 
+from vla_ros.sim.behaviours import BEHAVIOURS, LIFT_PLACE, TRANSFER, BehaviourMonitor
+
 END_EFFECTOR_XML = ASSETS_DIR / "bimanual_viperx_end_effector_transfer_cube.xml"
 JOINT_XML = ASSETS_DIR / "bimanual_viperx_transfer_cube.xml"
 EPISODE_LEN = 400
@@ -76,6 +78,9 @@ HANDOVER_STEP = 178
 RELEASE_STEP = 230
 RELEASE_TICKS = 20
 ARM_JOINT_INDICES = np.r_[0:6, 7:13]
+# Lift-and-place: how far the right arm lifts the cube, and the step at which it is back down.
+LIFT_PLACE_RISE = 0.10
+PLACE_STEP = 210
 
 
 def cube_pose_for_seed(seed: int) -> np.ndarray:
@@ -179,10 +184,7 @@ def plan_transfer_cube(
     cube = np.asarray(cube_position, dtype=np.float64).copy()
     cube[2] = CUBE_HALF_SIZE  # the sampled height is a drop height; the cube rests on the table
     handover = np.asarray(handover_point, dtype=np.float64)
-    pitch_down = _axis_angle([0.0, 1.0, 0.0], -60.0)
-    reach = cube[:2] - np.asarray(right_base, dtype=np.float64)[:2]
-    heading = np.rad2deg(np.arctan2(-reach[1], -reach[0]))  # from the arm's straight-out -x
-    pick = _multiply(_axis_angle([0.0, 0.0, 1.0], heading), pitch_down)
+    pick, pitch_down = _pick_orientation(cube, right_base)
     level_rolled = _axis_angle([1.0, 0.0, 0.0], 90.0)
     meet = MEETING_POINT
     up = np.array([0.0, 0.0, 1.0])
@@ -208,6 +210,38 @@ def plan_transfer_cube(
         Waypoint(RELEASE_STEP + 60, handover - 0.06 * toward_right + 0.02 * up, level_rolled, 0.0),  # carried away
     ]
     return {"left": left, "right": right}
+
+
+def _pick_orientation(cube: np.ndarray, right_base) -> tuple[np.ndarray, np.ndarray]:
+    """The right gripper's orientation for picking the cube, and for carrying it (pitched down)."""
+    pitch_down = _axis_angle([0.0, 1.0, 0.0], -60.0)
+    reach = cube[:2] - np.asarray(right_base, dtype=np.float64)[:2]
+    heading = np.rad2deg(np.arctan2(-reach[1], -reach[0]))  # from the arm's straight-out -x
+    return _multiply(_axis_angle([0.0, 0.0, 1.0], heading), pitch_down), pitch_down
+
+
+def plan_lift_place(cube_position, right_base, left_start: Waypoint, right_start: Waypoint) -> dict[str, list[Waypoint]]:
+    """Timed waypoints for the other instruction of the scene: the right arm picks the cube as in
+    the transfer, lifts it LIFT_PLACE_RISE straight up, puts it back down where it was, opens
+    and backs up; the left arm stays where it starts. No pauses, for the reason given at
+    HANDOVER_STEP. The first 130 steps of the right arm are the transfer's: only the left arm
+    (still here, moving there) and the instruction tell the two apart early on."""
+    cube = np.asarray(cube_position, dtype=np.float64).copy()
+    cube[2] = CUBE_HALF_SIZE
+    pick, _ = _pick_orientation(cube, right_base)
+    up = np.array([0.0, 0.0, 1.0])
+    grasp = cube + 0.01 * up
+    right = [
+        right_start,
+        Waypoint(60, cube + 0.08 * up, pick, 1.0),
+        Waypoint(100, grasp, pick, 1.0),
+        Waypoint(130, grasp, pick, 0.0),  # closed
+        Waypoint(170, grasp + LIFT_PLACE_RISE * up, pick, 0.0),  # lifted
+        Waypoint(PLACE_STEP, grasp, pick, 0.0),  # back on the table
+        Waypoint(PLACE_STEP + RELEASE_TICKS, grasp, pick, 1.0),  # released
+        Waypoint(PLACE_STEP + 60, cube + 0.1 * up, pick, 1.0),  # backed up
+    ]
+    return {"left": [left_start], "right": right}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -287,6 +321,12 @@ def _max_reward_reached(rewards) -> bool:
     return bool(rewards) and max(rewards) >= SUCCESS_REWARD
 
 
+def _check_behaviour(behaviour: str) -> str:
+    if behaviour not in BEHAVIOURS:
+        raise ValueError(f"no scripted plan for behaviour {behaviour!r} (available: {list(BEHAVIOURS)})")
+    return behaviour
+
+
 # ---------------------------------------------------------------------------------------------
 # Public API.
 
@@ -294,31 +334,37 @@ def _max_reward_reached(rewards) -> bool:
 @dataclass(frozen=True)
 class ScriptedEpisode:
     """One scripted demonstration: the cube it was planned for and the joint commands (T, 14)
-    [left 6 joints, left gripper, right 6 joints, right gripper] to replay at 50 Hz."""
+    [left 6 joints, left gripper, right 6 joints, right gripper] to replay at 50 Hz, and which
+    behaviour (vla_ros.sim.behaviours) they perform; success_in_ee_env is that behaviour's
+    detector in the end-effector run."""
 
     seed: int | None
     cube_pose: np.ndarray
     joint_actions: np.ndarray
     success_in_ee_env: bool
+    behaviour: str = TRANSFER
 
 
 class JointReplay(NamedTuple):
     """A replay in the joint-space task. observations[t] and images[t] are what was seen BEFORE
-    actions[t] was applied; rewards[t] is the reward right after it."""
+    actions[t] was applied; rewards[t] is the reward right after it. success is the transfer
+    (gym-aloha reward 4); completed maps every behaviour to the step it completed at, or None."""
 
     observations: np.ndarray
     images: list[np.ndarray] | None
     rewards: np.ndarray
     success: bool
+    completed: dict | None = None
 
 
 def record_transfer_cube(
-    cube_pose, episode_len: int = EPISODE_LEN, seed: int | None = None
+    cube_pose, episode_len: int = EPISODE_LEN, seed: int | None = None, behaviour: str = TRANSFER
 ) -> ScriptedEpisode:
-    """Runs the plan in the end-effector task for this cube and records, at every control step,
-    the arm joints it reached and the gripper commands it sent."""
+    """Runs the behaviour's plan in the end-effector task for this cube and records, at every
+    control step, the arm joints it reached and the gripper commands it sent."""
     cube_pose = _check_cube_pose(cube_pose)
     episode_len = _check_episode_len(episode_len)
+    behaviour = _check_behaviour(behaviour)
     physics = mujoco.Physics.from_xml_path(str(END_EFFECTOR_XML))
     physics.model.eq_solimp[:2, :3] = WELD_SOLIMP
     for arm in ARM_NAMES:
@@ -340,12 +386,13 @@ def record_transfer_cube(
         for i, arm in enumerate(ARM_NAMES)
     ]
     right_base = physics.named.data.xpos["vx300s_right"].copy()
-    plan = plan_transfer_cube(cube_pose[:3], right_base, *starts)
+    planner = plan_transfer_cube if behaviour == TRANSFER else plan_lift_place
+    plan = planner(cube_pose[:3], right_base, *starts)
+    monitor = BehaviourMonitor(physics)
 
     joint_actions = np.empty((episode_len, 14))
-    rewards = []
     for step in range(episode_len):
-        if step == HANDOVER_STEP:
+        if behaviour == TRANSFER and step == HANDOVER_STEP:
             cube_in_hand = physics.named.data.qpos[CUBE_JOINT][:3].copy()
             plan = plan_transfer_cube(
                 cube_pose[:3], right_base, *starts, handover_point=cube_in_hand
@@ -356,14 +403,16 @@ def record_transfer_cube(
             mocap_pos = point - _rotate(quat, grasp_offsets[arm_index])
             mocap_action.append(np.concatenate([mocap_pos, quat, [gripper]]))
             joint_actions[step, 7 * arm_index + 6] = gripper
-        rewards.append(env.step(np.concatenate(mocap_action)).reward)
-        joint_actions[step, ARM_JOINT_INDICES] = env.task.get_qpos(physics)[ARM_JOINT_INDICES]
-    return ScriptedEpisode(seed, cube_pose, joint_actions, _max_reward_reached(rewards))
+        reward = env.step(np.concatenate(mocap_action)).reward
+        qpos = env.task.get_qpos(physics)
+        monitor.update(physics, reward, qpos)
+        joint_actions[step, ARM_JOINT_INDICES] = qpos[ARM_JOINT_INDICES]
+    return ScriptedEpisode(seed, cube_pose, joint_actions, monitor.completed[behaviour] is not None, behaviour)
 
 
-def scripted_transfer_cube(seed: int, episode_len: int = EPISODE_LEN) -> ScriptedEpisode:
-    """The scripted demonstration for the cube pose that `seed` gives the task."""
-    return record_transfer_cube(cube_pose_for_seed(seed), episode_len, seed=int(seed))
+def scripted_transfer_cube(seed: int, episode_len: int = EPISODE_LEN, behaviour: str = TRANSFER) -> ScriptedEpisode:
+    """The scripted demonstration of `behaviour` for the cube pose that `seed` gives the task."""
+    return record_transfer_cube(cube_pose_for_seed(seed), episode_len, seed=int(seed), behaviour=behaviour)
 
 
 def replay_in_joint_env(
@@ -386,6 +435,7 @@ def replay_in_joint_env(
         raise ValueError(f"unknown camera {render_camera!r}; the scene has {cameras}")
     env = _make_environment(physics, _JointTransferCube(cube_pose, render_camera, tuple(size)))
     observation = env.reset().observation
+    monitor = BehaviourMonitor(physics)
     observations, images, rewards = [], [], []
     for action in actions:
         observations.append(observation["qpos"])
@@ -394,11 +444,13 @@ def replay_in_joint_env(
         timestep = env.step(action)
         rewards.append(timestep.reward)
         observation = timestep.observation
+        monitor.update(physics, timestep.reward, observation["qpos"])
     return JointReplay(
         observations=np.asarray(observations),
         images=images if render_camera is not None else None,
         rewards=np.asarray(rewards, dtype=np.float64),
         success=_max_reward_reached(rewards),
+        completed=dict(monitor.completed),
     )
 
 
