@@ -2,7 +2,9 @@
 
 A random policy is not expected to succeed; the test checks that the report is complete and
 consistent (both step counts, success fields, a valid 95% interval, commands actually reached
-the robot) and that the first episode's video is written.
+the robot, the instruction given against the behaviour completed) and that the first episode's
+video is written. Two instructions take turns in one session: policy_node, never restarted, must
+report each episode's instruction as the one in use.
 """
 
 from __future__ import annotations
@@ -29,15 +31,20 @@ def checkpoint(tmp_path_factory):
     return str(save_checkpoint(build_random_policy("tiny", load_profile("aloha_sim"), seed=0), root / "tiny"))
 
 
+INSTRUCTIONS = ["transfer the cube to the left arm", "lift the cube with the right arm and put it back down"]
+
+
 def test_sim_eval_reports_both_step_counts_and_writes_the_video(checkpoint, tmp_path, ros_domain, capsys):
     report_path, video_dir = tmp_path / "report.json", tmp_path / "videos"
-    code = sim_eval.main(["--checkpoint", checkpoint, "--episodes", "2", "--videos", "2", "--steps", "1,2",
+    code = sim_eval.main(["--checkpoint", checkpoint, "--episodes", "1", "--videos", "2", "--steps", "1,2",
+                          "--instruction", INSTRUCTIONS[0], "--instruction", INSTRUCTIONS[1],
                           "--episode-steps", str(EPISODE_STEPS), "--image-size", "48x64",
                           "--profile", "aloha_sim", "--report", str(report_path), "--video-dir", str(video_dir)])
     assert code == 0, capsys.readouterr().err
     assert os.environ["ROS_DOMAIN_ID"] == str(ros_domain), "the session leaked its ROS domain into this process"
+    out = capsys.readouterr().out
     report = json.loads(report_path.read_text())
-    assert report["image_size"] == [48, 64]
+    assert report["image_size"] == [48, 64] and report["instructions"] == INSTRUCTIONS
     assert set(report["by_steps"]) == {"1", "2"}
     for steps, summary in report["by_steps"].items():
         assert summary["episodes"] == 2
@@ -49,6 +56,17 @@ def test_sim_eval_reports_both_step_counts_and_writes_the_video(checkpoint, tmp_
         assert min(summary["commands_published_per_episode"]) > 0, f"steps={steps}: no command reached the robot"
         assert math.isfinite(summary["inference_ms_p50"]) and summary["inference_ms_p50"] > 0
         assert [e["seed"] for e in summary["per_episode"]] == [1001, 1002], "both step counts face the same cubes"
+        # the instructions took turns, switched live: the node reported each one in use
+        assert [e["instruction"] for e in summary["per_episode"]] == INSTRUCTIONS
+        assert [e["policy_instruction"] for e in summary["per_episode"]] == INSTRUCTIONS
+        assert list(summary["confusion"]) == INSTRUCTIONS
+        for instruction, row in summary["confusion"].items():
+            assert row["episodes"] == 1
+            assert sum(row[column]["count"] for column in ("transfer", "lift_place", "none")) == 1
+        for episode in summary["per_episode"]:
+            assert set(episode["completed"]) == {"transfer", "lift_place"}
+            assert episode["behaviour"] in ("transfer", "lift_place", "none")
+        assert f"steps={steps}: instruction given (rows)" in out
         for episode in summary["per_episode"]:
             assert episode["steps"] >= EPISODE_STEPS
             assert isinstance(episode["success"], bool)

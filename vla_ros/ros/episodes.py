@@ -4,7 +4,10 @@ the last hop before sim_node's drivers, as on the robot (launch/robot.launch.py)
 
 Shared by `vla-ros demo` (one episode, a summary) and `vla-ros sim-eval` (many episodes, success
 rates). The client only does what an operator would: reset the episode (sim_node ~/reset), arm the
-policy (arm_guard ~/rearm, then policy_node ~/enable), watch success, commands and /diagnostics, disarm.
+policy (arm_guard ~/rearm, then policy_node ~/enable), watch success, commands and /diagnostics, disarm;
+and, between episodes, change policy_node's instruction as an operator would (`ros2 param set`),
+without restarting anything. Every episode records which of the scene's behaviours it completed
+(sim_node ~/behaviours), so that an evaluation can tabulate instruction given against behaviour done.
 """
 
 from __future__ import annotations
@@ -18,7 +21,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-from diagnostic_msgs.msg import DiagnosticArray
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
+from rcl_interfaces.srv import SetParameters
 from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import Bool, Float32
 from std_srvs.srv import SetBool, Trigger
@@ -28,6 +33,7 @@ from vla_ros.ros import convert
 from vla_ros.ros.command_interfaces import arm_command_type, command_qos
 from vla_ros.ros.qos import image_qos
 from vla_ros.ros.processes import NodeProcess, Probe, module_command, ros_context
+from vla_ros.sim.behaviours import BEHAVIOURS, NONE, classify
 from vla_ros.sim.collect import TASK_TEXT
 
 NODE_MODULES = {"sim_node": "vla_ros.ros.sim_node", "policy_node": "vla_ros.ros.policy_node",
@@ -57,6 +63,10 @@ class SessionConfig:
     # JPEG between sim_node and policy_node: measured here, raw 640x480 frames over Fast DDS delayed
     # the small joint-state messages past the 0.1 s freshness gate (holds); JPEG did not.
     compressed_images: bool = True
+    # sim_node publishes /clock and the other nodes run on it (use_sim_time): when the simulation
+    # falls behind the wall clock on a loaded machine, the policy's clock slows with it. False:
+    # everything on the wall clock (the simulation then runs slower than its commander thinks).
+    sim_clock: bool = True
     # cam_high of the first `video_episodes` episodes as mp4; '{episode}' in the path is the index
     video_path: str = ""
     video_episodes: int = 1
@@ -74,6 +84,9 @@ class EpisodeResult:
     commands_published: int
     diagnostics: dict = field(default_factory=dict)
     guard: dict = field(default_factory=dict)  # arm_guard's diagnostics at the end of the episode
+    instruction: str = ""  # what policy_node was told during the episode
+    completed: dict = field(default_factory=dict)  # behaviour -> episode step it completed at, or None
+    behaviour: str = NONE  # the behaviour completed first (vla_ros.sim.behaviours.classify)
 
 
 def _parse_value(text: str):
@@ -103,6 +116,12 @@ def write_camera_size_profile(profile, width: int, height: int, directory: str |
     return str(path)
 
 
+def completed_behaviours(status: DiagnosticStatus | None) -> dict[str, int | None]:
+    """sim_node's ~/behaviours message -> behaviour: the step it completed at, or None."""
+    values = {kv.key: kv.value for kv in status.values} if status is not None else {}
+    return {name: int(values[name]) if values.get(name) else None for name in BEHAVIOURS}
+
+
 class SimSession:
     """sim_node + arm_guard + policy_node on a reserved ROS domain; use as a context manager."""
 
@@ -111,6 +130,7 @@ class SimSession:
         self.profile = load_profile(config.profile)
         self._stack = contextlib.ExitStack()
         self.episodes_run = 0
+        self.instruction = config.instruction
 
     def __enter__(self) -> SimSession:
         from domain_coordinator import domain_id
@@ -125,16 +145,18 @@ class SimSession:
                 node_command("sim_node"), domain_id=self.domain, env=env,
                 params={"profile": cfg.profile, "task": cfg.task, "seed": cfg.seed,
                         "image_width": cfg.image_width, "image_height": cfg.image_height,
-                        "image_format": "jpeg" if cfg.compressed_images else "raw"}))
+                        "image_format": "jpeg" if cfg.compressed_images else "raw",
+                        "publish_clock": cfg.sim_clock}))
             self.guard = self._stack.enter_context(NodeProcess(
                 node_command("arm_guard"), domain_id=self.domain, env=env,
-                params={"profile": cfg.profile, "input_namespace": GUARD_INPUT}))
+                params={"profile": cfg.profile, "input_namespace": GUARD_INPUT, "use_sim_time": cfg.sim_clock}))
             self.policy = self._stack.enter_context(NodeProcess(
                 node_command("policy_node"), domain_id=self.domain, env=env,
                 params={"profile": self._profile_for_policy(), "checkpoint": cfg.checkpoint,
                         "instruction": cfg.instruction, "steps": cfg.steps, "command_namespace": GUARD_INPUT,
                         "deterministic": cfg.deterministic, "soft_start_time": cfg.soft_start_time,
-                        "image_transport": "compressed" if cfg.compressed_images else "raw"}))
+                        "image_transport": "compressed" if cfg.compressed_images else "raw",
+                        "use_sim_time": cfg.sim_clock}))
             context = self._stack.enter_context(ros_context(self.domain))
             self.probe = self._stack.enter_context(Probe(context, "sim_session_client"))
             self._subscribe()
@@ -160,6 +182,7 @@ class SimSession:
 
     def _subscribe(self) -> None:
         self.success_msgs = self.probe.subscribe(Bool, "/sim_node/success")
+        self.behaviour_msgs = self.probe.subscribe(DiagnosticStatus, "/sim_node/behaviours")
         self.reward_msgs = self.probe.subscribe(Float32, "/sim_node/reward")
         self.joint_msgs = self.probe.subscribe(JointState, self.profile.arms[0].joint_states_topic)
         # Counted only: decoding every command here took CPU from the nodes under test.
@@ -200,6 +223,19 @@ class SimSession:
     def _call(self, srv_type, name: str, request, process: NodeProcess):
         return self.probe.call(srv_type, name, request, timeout=30.0, process=process)
 
+    def set_instruction(self, text: str) -> None:
+        """Tell the running policy_node a new instruction through its live `instruction` parameter
+        (what `ros2 param set /policy_node instruction ...` does), and wait until its diagnostics
+        report it in use; the next episode runs with it."""
+        value = ParameterValue(type=ParameterType.PARAMETER_STRING, string_value=text)
+        request = SetParameters.Request(parameters=[Parameter(name="instruction", value=value)])
+        result = self._call(SetParameters, "/policy_node/set_parameters", request, self.policy).results[0]
+        if not result.successful:
+            raise RuntimeError(f"policy_node refused the instruction {text!r}: {result.reason}")
+        self.probe.wait_for(lambda: str((self.policy_diagnostics() or {}).get("instruction")) == text, 30.0,
+                            f"policy_node to use the instruction {text!r}", self.policy)
+        self.instruction = text
+
     def run_episode(self) -> EpisodeResult:
         """Reset, arm, run episode_steps simulation steps, disarm; nothing else touches the arms."""
         cfg, index = self.config, self.episodes_run
@@ -228,6 +264,7 @@ class SimSession:
             raise RuntimeError(f"policy_node refused to arm: {enabled.message}")
         self.joint_msgs.clear()
         self.success_msgs.clear()
+        self.behaviour_msgs.clear()
         self.reward_msgs.clear()
         self.command_msgs.clear()
         if self.image_msgs is not None:
@@ -243,6 +280,7 @@ class SimSession:
                 if not process.alive():
                     raise RuntimeError(f"a node died:\n{process.report()}")
         self._call(SetBool, "/policy_node/enable", SetBool.Request(data=False), self.policy)
+        completed = completed_behaviours(self.behaviour_msgs[-1] if self.behaviour_msgs else None)
         self.probe.spin_for(max(1.1 - (time.monotonic() - started) % 1.0, 0.0))  # one more diagnostics
         result = EpisodeResult(
             episode=index, seed=cfg.seed + reset_index(reset.message, index),
@@ -250,7 +288,8 @@ class SimSession:
             max_reward=max((m.data for m in self.reward_msgs), default=0.0),
             steps=len(self.joint_msgs), time_to_success_s=success_at,
             commands_published=len(self.command_msgs), diagnostics=self.policy_diagnostics() or {},
-            guard=self.guard_diagnostics() or {})
+            guard=self.guard_diagnostics() or {}, instruction=self.instruction, completed=completed,
+            behaviour=classify(completed))
         if self.image_msgs is not None and index < cfg.video_episodes:
             write_video(cfg.video_path.format(episode=index), self.image_msgs, self.profile.control_rate_hz)
         self.episodes_run += 1
@@ -302,18 +341,47 @@ def write_video(path: str, messages: list, fps: float) -> None:
             container.mux(packet)
 
 
+def wilson_interval(successes: int, trials: int) -> list[float]:
+    """95% Wilson score interval of a success rate ([0, 1] when there were no trials)."""
+    if not trials:
+        return [0.0, 1.0]
+    z = 1.959964
+    p = successes / trials
+    centre = (p + z * z / (2 * trials)) / (1 + z * z / trials)
+    half = z * np.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / (1 + z * z / trials)
+    return [max(0.0, float(centre - half)), min(1.0, float(centre + half))]
+
+
+def confusion_table(results: list[EpisodeResult]) -> dict:
+    """Instruction given -> behaviour completed (each of BEHAVIOURS, or none): episode counts,
+    rates and 95% Wilson intervals; every episode falls in exactly one column of its row."""
+    table = {}
+    for instruction in dict.fromkeys(r.instruction for r in results):
+        row = [r for r in results if r.instruction == instruction]
+        table[instruction] = {"episodes": len(row)} | {
+            column: {"count": (k := sum(r.behaviour == column for r in row)), "rate": k / len(row),
+                     "rate_95ci": wilson_interval(k, len(row))}
+            for column in (*BEHAVIOURS, NONE)}
+    return table
+
+
+def format_confusion_table(table: dict) -> str:
+    """The confusion table as Markdown: count/episodes, percentage and 95% interval per cell."""
+    columns = (*BEHAVIOURS, NONE)
+    lines = ["| instruction given | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for instruction, row in table.items():
+        cells = [f"{row[c]['count']}/{row['episodes']} = {100 * row[c]['rate']:.0f}% "
+                 f"({100 * row[c]['rate_95ci'][0]:.0f}-{100 * row[c]['rate_95ci'][1]:.0f}%)" for c in columns]
+        lines.append(f"| {instruction} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def summarize(results: list[EpisodeResult]) -> dict:
-    """Success rate with a Wilson 95% interval, and the policy node's own figures."""
+    """Success rate with a Wilson 95% interval, which behaviour each instruction produced, and
+    the policy node's own figures."""
     n = len(results)
     k = sum(r.success for r in results)
-    z = 1.959964
-    if n:
-        p = k / n
-        centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-        half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-        interval = [max(0.0, centre - half), min(1.0, centre + half)]
-    else:
-        interval = [0.0, 1.0]
+    interval = wilson_interval(k, n)
     last = results[-1].diagnostics if results else {}
     guard = results[-1].guard if results else {}
     interventions = {k.split(":", 1)[1]: v for k, v in last.items() if k.startswith("interventions:")}
@@ -323,6 +391,7 @@ def summarize(results: list[EpisodeResult]) -> dict:
         "successes": k,
         "success_rate": k / n if n else 0.0,
         "success_rate_95ci": interval,
+        "confusion": confusion_table(results),
         "mean_time_to_success_s": float(np.mean(times)) if times else None,
         "commands_published_per_episode": [r.commands_published for r in results],
         "inference_ms_p50": last.get("inference_ms_p50"),
@@ -333,5 +402,7 @@ def summarize(results: list[EpisodeResult]) -> dict:
         # one timeout latch per episode is the stop after each disarm.
         "guard": {k.split(":", 1)[1]: v for k, v in guard.items() if k.startswith("count:")}
                  | {"invalid_commands": guard.get("invalid_commands", 0)},
-        "per_episode": [asdict(r) | {"diagnostics": None, "guard": None} for r in results],
+        # policy_instruction: the instruction policy_node reported in use at the end of the episode
+        "per_episode": [asdict(r) | {"diagnostics": None, "guard": None,
+                                     "policy_instruction": r.diagnostics.get("instruction")} for r in results],
     }
