@@ -3,9 +3,11 @@ with arm_guard as the last hop before the simulated drivers, as on the robot.
 
 ros2 launch vla_ros sim.launch.py checkpoint:=/path/to/ckpt
 
-With real_time:=false the simulator steps as fast as it can and publishes /clock; policy_node
-then runs on that clock (use_sim_time), so the two stay in step. Arguments are checked before any
-process starts (vla_ros.ros.launch_args). Add nodes in launch_setup().
+sim_node publishes the simulation time on /clock and policy_node and arm_guard run on it
+(use_sim_time), as with Gazebo: stepping at wall-clock speed (real_time:=true) or as fast as it can,
+the simulation and its commander share one clock, also when a loaded machine slows the simulation
+below real time. Arguments are checked before any process starts (vla_ros.ros.launch_args). Add
+nodes in launch_setup().
 """
 
 from launch import LaunchDescription
@@ -34,7 +36,7 @@ def launch_setup(context):
         package="vla_ros", executable="sim_node", name="sim_node", **common,
         parameters=[
             PathJoinSubstitution([config, "config", "sim_node.yaml"]),
-            {"profile": profile, "task": arg("task"), "real_time": real_time},
+            {"profile": profile, "task": arg("task"), "real_time": real_time, "publish_clock": True},
         ],
     )
     policy_node = Node(
@@ -47,8 +49,7 @@ def launch_setup(context):
                 # a string whatever it reads like: launch_ros would parse 'yes' or '1' as YAML
                 "instruction": ParameterValue(arg("instruction"), value_type=str),
                 "command_namespace": GUARD_INPUT,
-                # sim_node publishes /clock exactly when it does not run in real time
-                "use_sim_time": not real_time,
+                "use_sim_time": True,  # sim_node's /clock
             },
         ],
     )
@@ -56,7 +57,7 @@ def launch_setup(context):
         package="vla_ros", executable="arm_guard", name="arm_guard", **common,
         parameters=[
             PathJoinSubstitution([config, "config", "arm_guard.yaml"]),
-            {"profile": profile, "input_namespace": GUARD_INPUT, "use_sim_time": not real_time},
+            {"profile": profile, "input_namespace": GUARD_INPUT, "use_sim_time": True},
         ],
     )
     return [sim_node, arm_guard, policy_node]
@@ -71,8 +72,8 @@ def generate_launch_description():
         DeclareLaunchArgument("task", default_value="transfer_cube", choices=("transfer_cube", "insertion"),
                               description="simulated task"),
         DeclareLaunchArgument("real_time", default_value="true", choices=BOOLEAN,
-                              description="true: simulate at wall-clock speed; false: as fast as possible, "
-                                          "publishing /clock (policy_node then uses sim time)"),
+                              description="true: simulate at wall-clock speed; false: as fast as possible "
+                                          "(either way on the simulation's /clock)"),
         DeclareLaunchArgument("namespace", default_value="",
                               description="namespace of both nodes (their ~/ services and topics)"),
         DeclareLaunchArgument("remap", default_value="",

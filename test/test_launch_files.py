@@ -206,12 +206,13 @@ def test_robot_use_sim_time_is_an_argument(monkeypatch, tmp_path):
 
 
 @pytest.mark.parametrize("real_time", ["true", "false"])
-def test_sim_uses_sim_time_exactly_when_sim_node_publishes_clock(real_time, monkeypatch, tmp_path):
+def test_sim_nodes_run_on_the_clock_sim_node_publishes(real_time, monkeypatch, tmp_path):
     nodes = _launch(ROOT / "launch" / "sim.launch.py", monkeypatch, tmp_path, real_time=real_time)
-    sim, policy = _overrides(_node(nodes, "sim_node")), _overrides(_node(nodes, "policy_node"))
-    publishes_clock = not sim["real_time"]  # sim_node: real_time false -> step freely and publish /clock
+    sim = _overrides(_node(nodes, "sim_node"))
     assert sim["real_time"] is (real_time == "true")
-    assert policy["use_sim_time"] is publishes_clock
+    assert sim["publish_clock"] is True  # real time or not: /clock carries the simulation time
+    for name in ("policy_node", "arm_guard"):
+        assert _overrides(_node(nodes, name))["use_sim_time"] is True, name
     assert "use_sim_time" not in sim, "the clock's source must not wait for its own /clock"
 
 

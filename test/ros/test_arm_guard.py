@@ -17,6 +17,7 @@ import pytest
 import yaml
 from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
+from rosgraph_msgs.msg import Clock
 from rcl_interfaces.srv import SetParameters
 from std_msgs.msg import Bool
 from std_srvs.srv import SetBool, Trigger
@@ -25,6 +26,7 @@ from test_policy_node import DT, Feeder, assets  # noqa: F401 (assets is a fixtu
 from vla_ros.robot.profile import load_profile
 from vla_ros.ros.command_interfaces import CommandLog, InterbotixDriverState, make_sender
 from vla_ros.ros.follower_setup import InterbotixDriverServices
+from vla_ros.ros import convert
 from vla_ros.ros.processes import NodeProcess, Probe, module_command, ros_context
 from vla_ros.ros.qos import ESTOP_TOPIC, estop_qos
 
@@ -252,6 +254,35 @@ def test_guard_refuses_out_of_limit_goals_and_over_cap_jumps_on_its_own(rig):
         type=ParameterType.PARAMETER_DOUBLE, double_value=10.0))])
     result = rig.probe.call(SetParameters, "/arm_guard/set_parameters", request, 10.0, rig.guard).results[0]
     assert not result.successful and "read-only" in result.reason
+
+
+def test_on_simulation_time_a_stalled_simulation_is_not_a_stopped_commander(rig):
+    """With use_sim_time the command timeout runs on /clock: while the simulation (and with it the
+    commander's clock) stands still nothing times out; once it moves on without commands, the guard
+    holds and latches after command_timeout of simulation time."""
+    sim = {"time": 100.0, "running": True}
+    clock_pub = rig.probe.node.create_publisher(Clock, "/clock", 10)
+
+    def tick() -> None:
+        if sim["running"]:
+            sim["time"] += DT
+            clock_pub.publish(Clock(clock=convert.seconds_to_time(sim["time"])))
+
+    rig.probe.node.create_timer(DT, tick)
+    rig.start_guard(use_sim_time=True)
+    upstream = make_sender(rig.probe.node, rig.profile, DT, GUARD_INPUT)
+    rig.probe.wait_for_subscribers(upstream.publishers[0][0], 1, 10.0, rig.guard)
+    commanding = rig.probe.node.create_timer(DT, lambda: upstream.send(rig.measured()))
+    rig.wait_state("armed")
+    rig.probe.spin_for(0.5)
+    assert rig.guard_state() == "armed"
+    commanding.cancel()
+    sim["running"] = False  # the simulation stalls; its commander's timer stops with it
+    rig.probe.spin_for(1.0)  # ten command timeouts of wall time
+    assert rig.guard_state() == "armed", rig.values("arm_guard")
+    sim["running"] = True  # simulated time moves on, and no command comes
+    rig.wait_state("latched", timeout=5.0)
+    assert "count:latches:timeout" in rig.values("arm_guard")
 
 
 def test_estop_published_before_the_guard_started_latches_it(rig):

@@ -51,8 +51,10 @@ def test_policy_drives_the_simulated_arm_at_the_control_rate(tmp_path):
         command_times = np.array([received for received, _ in commands])
         states = probe.received[state_topic][start[1]:]
         state_times = np.array(probe.receipt_times[state_topic][start[1]:]) + (time.time() - time.monotonic())
-        rate = len(commands) / window
-        assert 45.0 <= rate <= 55.0, f"{rate:.1f} commands/s\n{session.policy_diagnostics()}"
+        # Every node runs on sim_node's /clock: one command per simulated tick, however far a busy
+        # machine slows the simulation below real time.
+        rate = len(commands) / (len(states) * profile.dt)
+        assert 45.0 <= rate <= 55.0, f"{rate:.1f} commands per simulated second\n{session.policy_diagnostics()}"
         assert log.rejections == []
 
         # The arm follows: each measured pose against the newest command sent two ticks earlier.

@@ -254,6 +254,31 @@ def test_fast_mode_publishes_clock_and_compressed_images(ros_domain):
         assert node.stop() == 0, node.report()
 
 
+def test_real_time_with_publish_clock_stamps_everything_on_the_simulation_clock(ros_domain):
+    """Paced by the wall clock, but /clock and every stamp carry the simulation time (sim.launch.py and
+    sim-eval run the other nodes with use_sim_time on it), and diagnostics report the real-time factor."""
+    params = {"publish_clock": True, "image_width": 64, "image_height": 48, "image_format": "jpeg",
+              "diagnostics_period": 0.2}
+    arm = load_profile("aloha_sim").arms[0]
+    with NodeProcess(module_command("vla_ros.ros.sim_node"), params, PARAMS_FILE, domain_id=ros_domain) as node, \
+            ros_context(ros_domain) as context, Probe(context) as probe:
+        clocks = probe.subscribe(Clock, "/clock")
+        states = probe.subscribe(JointState, arm.joint_states_topic)
+        probe.subscribe(DiagnosticArray, "/diagnostics")
+        probe.wait_for(lambda: len(clocks) >= 50 and len(states) >= 50 and diagnostics(probe), STARTUP_TIMEOUT,
+                       "clock, joint states and diagnostics", node)
+        started, wall_started = convert.time_to_seconds(clocks[-1].clock), time.monotonic()
+        probe.spin_for(1.0)
+        simulated = convert.time_to_seconds(clocks[-1].clock) - started
+        assert 0.2 < simulated <= (time.monotonic() - wall_started) * 1.05 + 0.1, "paced by the wall clock"
+        clock_times = {convert.time_to_seconds(c.clock) for c in clocks}
+        assert convert.time_to_seconds(states[-1].header.stamp) in clock_times
+        assert convert.time_to_seconds(states[-1].header.stamp) < 1e6, "simulation time, not the wall clock"
+        values = diagnostics(probe)
+        assert values["publish_clock"] == "True" and 0.0 < float(values["real_time_factor"]) < 1.5, values
+        assert node.stop() == 0, node.report()
+
+
 def test_transfer_cube_scene_publishes_which_behaviours_completed(ros_domain):
     """Every step: each behaviour of the scene and the step it completed at ("" while it has not;
     the detectors themselves are tested in-process in test/sim/test_behaviours.py)."""

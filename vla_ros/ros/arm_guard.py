@@ -5,7 +5,8 @@ Upstream (policy_node with ``command_namespace:=/arm_guard/in``) publishes on
 receiver does, checks it against the profile's limits and per-tick caps (vla_ros.control.guard)
 and forwards it at once on the driver's own topic. A watchdog thread on the monotonic clock
 commands the measured pose when no valid command has arrived for ``command_timeout`` and then
-forwards nothing until ``~/rearm``. The e-stop (``/vla_ros/estop``, transient local, or
+forwards nothing until ``~/rearm``. With use_sim_time (simulation) every duration runs on the
+simulation's clock instead. The e-stop (``/vla_ros/estop``, transient local, or
 ``~/estop``) latches the same way and can also cut torque through the driver's service.
 
 The guard starts ``waiting``: the arms keep whatever goal their driver has, and the first
@@ -48,14 +49,15 @@ PARAMETERS = (
     ParamSpec("profile", "aloha_stationary", "robot profile: bundled name (config/<name>.yaml) or a YAML path"),
     ParamSpec("input_namespace", "/arm_guard/in", "upstream publishes on <input_namespace><driver topic> "
               "(policy_node's command_namespace)"),
-    ParamSpec("command_timeout", 0.1, "seconds without a valid command (monotonic clock) before the guard "
-              "commands the measured pose and latches", minimum=0.005, maximum=10.0),
+    ParamSpec("command_timeout", 0.1, "seconds without a valid command (monotonic clock; the simulation's "
+              "with use_sim_time) before the guard commands the measured pose and latches",
+              minimum=0.005, maximum=10.0),
     ParamSpec("rate", 0.0, "upstream control rate in Hz for the per-tick caps; 0 = the profile's",
               minimum=0.0, maximum=1000.0),
     ParamSpec("step_tolerance", 2.0, "per-tick cap = the profile's velocity limit / rate * this (the policy "
               "node already caps at 1; 2 lets one lost message pass)", minimum=1.0, maximum=10.0),
-    ParamSpec("max_joint_state_age", 0.1, "a measured pose older than this (s, monotonic receipt time) is "
-              "unknown: no hold is sent from it and re-arming is refused", minimum=0.001),
+    ParamSpec("max_joint_state_age", 0.1, "a measured pose older than this (s, receipt time on the guard's "
+              "clock) is unknown: no hold is sent from it and re-arming is refused", minimum=0.001),
     ParamSpec("estop_torque_off", False, "interbotix interface: the e-stop also turns torque off (arm group "
               "and gripper) through each <driver_namespace>/torque_enable; the arms go limp"),
     ParamSpec("diagnostics_period", 1.0, "seconds between /diagnostics messages (also sent on every change)",
@@ -81,6 +83,10 @@ class ArmGuard(Node):
                 raise ParameterError(f"parameter 'estop_torque_off': arms {missing} have no driver_namespace "
                                      f"in profile {profile.name}")
         self.dt = dt = 1.0 / (self.params["rate"] or profile.control_rate_hz)
+        # Every duration runs on the monotonic clock, except in a simulation (use_sim_time): there
+        # the simulation's clock, so that a simulator that stalls or runs slower than real time
+        # (and its commander with it) is not mistaken for a commander that stopped.
+        self.sim_time = bool(self.get_parameter("use_sim_time").value)
         self.guard = Guard(GuardLimits.from_profile(profile, dt, self.params["step_tolerance"]),
                            self.params["command_timeout"], self.params["max_joint_state_age"])
         self.lock = threading.Lock()
@@ -116,12 +122,17 @@ class ArmGuard(Node):
             f"command_timeout {self.params['command_timeout']:g} s; after a latch: "
             f"ros2 service call {self.get_fully_qualified_name()}/rearm std_srvs/srv/Trigger")
 
+    def _now(self) -> float:
+        if self.sim_time:
+            return self.get_clock().now().nanoseconds * 1e-9
+        return time.monotonic()
+
     # --- forwarding -----------------------------------------------------------------------
 
     def _on_goal(self, goal: JointGoal) -> None:
         with self.lock:
             was = self.guard.state
-            forward = self.guard.on_goal(time.monotonic(), goal.arm_index, goal.joints, goal.targets)
+            forward = self.guard.on_goal(self._now(), goal.arm_index, goal.joints, goal.targets)
             refusal = self.guard.last_refusal if forward is None else ""
             if forward is not None:
                 self._publish_covering(goal.arm_index, set(goal.joints), forward)
@@ -157,7 +168,7 @@ class ArmGuard(Node):
             self.get_logger().warning(f"bad joint state from arm {arm.name}: {exc}", throttle_duration_sec=1.0)
             return
         with self.lock:
-            self.arm_states[arm.name] = (time.monotonic(), vector)
+            self.arm_states[arm.name] = (self._now(), vector)
             if len(self.arm_states) == len(self.profile.arms):
                 oldest = min(stamp for stamp, _ in self.arm_states.values())
                 pose = np.concatenate([self.arm_states[a.name][1] for a in self.profile.arms])
@@ -177,7 +188,7 @@ class ArmGuard(Node):
         while not self._stop.is_set():
             with self.lock:
                 deadline = self.guard.deadline()
-                now = time.monotonic()
+                now = self._now()
                 late = deadline is not None and now - deadline > self.dt and graced != deadline
                 if deadline is not None and now >= deadline and not late:
                     self._send_hold(self.guard.check_timeout(now))
@@ -189,14 +200,14 @@ class ArmGuard(Node):
                 self._after_change()
                 self._wake.wait(1.0)
                 self._wake.clear()
-            else:
-                self._stop.wait(deadline - now)
+            else:  # on simulation time, poll: the wall time to the deadline is unknown
+                self._stop.wait(min(deadline - now, self.dt) if self.sim_time else deadline - now)
 
     def _estop(self, source: str, asserted: bool) -> None:
         """Acts on changes only: an e-stop publisher that repeats its state is common."""
         with self.lock:
             changed = (source in self.guard.estop_sources) != asserted
-            self._send_hold(self.guard.set_estop(time.monotonic(), source, asserted))
+            self._send_hold(self.guard.set_estop(self._now(), source, asserted))
         if changed and asserted:
             self._torque_off()
         elif changed:
@@ -220,7 +231,7 @@ class ArmGuard(Node):
 
     def _on_rearm(self, request, response):
         with self.lock:
-            response.success, response.message = self.guard.rearm(time.monotonic())
+            response.success, response.message = self.guard.rearm(self._now())
         if not response.success:
             self.get_logger().warning(f"re-arm {response.message}")
         self._after_change()
@@ -246,7 +257,7 @@ class ArmGuard(Node):
 
     def diagnostics_values(self) -> dict:
         with self.lock:
-            now = time.monotonic()
+            now = self._now()
             ages = {f"age_joint_states:{name}": now - stamp for name, (stamp, _) in self.arm_states.items()}
             values = {"state": self.guard.state, "reason": self.guard.reason,
                       "estop": ",".join(sorted(self.guard.estop_sources)),

@@ -2,11 +2,16 @@
 
 Publishes each follower's JointState in the ALOHA ROS 2 stack's 9-name layout, the cameras the
 simulation renders on the profile's camera topics, the task reward and success, /diagnostics,
-and /clock when stepping as fast as possible. In the transfer-cube scene it also publishes, every
-step, which of the scene's behaviours (vla_ros.sim.behaviours: transfer, lift_place) the episode
-has completed on ~/behaviours: a DiagnosticStatus whose values map each behaviour to the episode
-step it completed at, or "" (an evaluation gives one instruction and checks them all). Takes commands on the robot profile's command
-interface exactly as its real receiver does (vla_ros.ros.command_interfaces):
+and /clock (the simulation time) when stepping as fast as possible or when asked to
+(``publish_clock``, what the launch files and sim-eval use: a simulation that falls behind the
+wall clock on a loaded machine then slows its consumers' clocks with it, as Gazebo's does). In
+the transfer-cube scene it also publishes, every step, which of the scene's behaviours
+(vla_ros.sim.behaviours: transfer, lift_place) the episode has completed on ~/behaviours: a
+DiagnosticStatus whose values map each behaviour to the episode step it completed at, or "" (an
+evaluation gives one instruction and checks them all).
+
+Takes commands on the robot profile's command interface exactly as its real receiver does
+(vla_ros.ros.command_interfaces):
 - interbotix: xs_sdk's joint_group and joint_single commands, and its reboot_motors,
   set_operating_modes and torque_enable services; goals apply at once, are held until the next
   one and carry no stamps; the gripper starts in the stock configs' linear_position mode, so
@@ -56,6 +61,10 @@ PARAMETERS = (
     ParamSpec("image_qos_depth", 2, "image publisher queue depth", minimum=1, maximum=100),
     ParamSpec("real_time", True, "true: step at `rate` steps per wall-clock second; false: step as fast as "
               "possible and publish /clock (run consumers with use_sim_time)"),
+    ParamSpec("publish_clock", False, "with real_time: also publish the simulation time on /clock and "
+              "stamp every message with it (run consumers with use_sim_time:=true); when the simulation cannot "
+              "keep up with the wall clock (a loaded machine), their clock then slows down with it instead of "
+              "running ahead of the physics. Always on when real_time is false"),
     ParamSpec("rate", 50.0, "steps per wall-clock second when real_time (each step simulates 0.02 s, so 50 "
               "is real time)", minimum=0.1, maximum=1000.0),
     ParamSpec("mirror_finger_joint", "right_finger", "name of the follower's second finger joint in the "
@@ -109,6 +118,7 @@ class SimNode(Node):
             image_height=self.params["image_height"],
         )
         self.real_time = self.params["real_time"]
+        self.sim_clock = self.params["publish_clock"] or not self.real_time
         self.clock_time = 0.0  # seconds of simulated time since start, never reset (drives /clock)
         self.episode = -1
         self.accepted_commands = 0
@@ -132,7 +142,7 @@ class SimNode(Node):
         self.behaviours_pub = (self.create_publisher(DiagnosticStatus, "~/behaviours", state_qos())
                                if self.sim.behaviours is not None else None)
         self.diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", state_qos())
-        self.clock_pub = None if self.real_time else self.create_publisher(Clock, "/clock", state_qos())
+        self.clock_pub = self.create_publisher(Clock, "/clock", state_qos()) if self.sim_clock else None
         self.driver_state = None
         if self.profile.command_interface == "interbotix":
             self.driver_state = InterbotixDriverState(self.profile, self.params["gripper_operating_mode"])
@@ -142,6 +152,8 @@ class SimNode(Node):
                       driver_state=self.driver_state)
         self.create_service(Trigger, "~/reset", self.on_reset)
         self.next_diagnostics = time.monotonic()
+        self._factor_since = (time.monotonic(), self.clock_time)
+        self.real_time_factor = float("nan")
         self.reset_episode()
 
     # --- episode and commands -------------------------------------------------------------
@@ -199,9 +211,9 @@ class SimNode(Node):
         self.publish()
 
     def stamp(self):
-        if self.real_time:
-            return self.get_clock().now().to_msg()
-        return convert.seconds_to_time(self.clock_time)
+        if self.sim_clock:
+            return convert.seconds_to_time(self.clock_time)
+        return self.get_clock().now().to_msg()
 
     def publish(self) -> None:
         stamp = self.stamp()
@@ -225,8 +237,13 @@ class SimNode(Node):
             self.behaviours_pub.publish(DiagnosticStatus(
                 name="sim_node: behaviours", message=f"episode {self.episode}",
                 values=[KeyValue(key=k, value=v) for k, v in self.completed_behaviours().items()]))
-        if time.monotonic() >= self.next_diagnostics:
-            self.next_diagnostics = time.monotonic() + self.params["diagnostics_period"]
+        wall = time.monotonic()
+        if wall >= self.next_diagnostics:
+            self.next_diagnostics = wall + self.params["diagnostics_period"]
+            since_wall, since_sim = self._factor_since
+            if wall > since_wall:
+                self.real_time_factor = (self.clock_time - since_sim) / (wall - since_wall)
+            self._factor_since = (wall, self.clock_time)
             self.publish_diagnostics(stamp)
 
     def completed_behaviours(self) -> dict[str, str]:
@@ -246,11 +263,12 @@ class SimNode(Node):
         )
         status.values = [KeyValue(key=k, value=str(v)) for k, v in (
             ("episode", self.episode), ("steps", self.steps), ("sim_time", f"{self.clock_time:.2f}"),
+            ("real_time_factor", f"{self.real_time_factor:.3f}"),
             ("reward", self.reward), ("success", self.success),
             ("accepted_commands", self.accepted_commands), ("rejected_commands", self.rejected_commands),
             ("last_rejection", self.last_rejection), ("command_interface", self.profile.command_interface),
             ("sim_errors", self.sim_errors), ("overruns", self.overruns),
-            ("real_time", self.real_time))]
+            ("real_time", self.real_time), ("publish_clock", self.sim_clock))]
         status.values += [KeyValue(key=f"completed:{name}", value=step)
                           for name, step in self.completed_behaviours().items()]
         if self.driver_state is not None:
