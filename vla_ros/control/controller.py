@@ -93,11 +93,14 @@ class ControllerConfig:
 @dataclass
 class TickResult:
     """command: the 14-vector to send now, None = publish nothing (disarmed, fault, ...).
-    reasons: gate reasons and the interventions of this tick (empty when all is well)."""
+    reasons: gate reasons and the interventions of this tick (empty when all is well).
+    target: the chunk executor's target that the safety filter was given (None when holding), so
+    that what the policy asked for can be told apart from what the filter made of it."""
 
     command: np.ndarray | None
     state: str
     reasons: tuple[str, ...]
+    target: np.ndarray | None = None
 
 
 class Controller:
@@ -241,7 +244,7 @@ class Controller:
             self._measured_at_emit = pose if pose is not None and pose.shape == result.command.shape else None
         if not self.safety.armed and self.executor.live_chunks:
             self.executor.clear()  # a fault leaves nothing to resume from
-        return TickResult(result.command, result.state, gate.reasons + tuple(result.interventions))
+        return TickResult(result.command, result.state, gate.reasons + tuple(result.interventions), target)
 
     def diagnostics(self, now: float | None = None) -> dict:
         """A flat dict of state, counters and ages for /diagnostics and logs."""

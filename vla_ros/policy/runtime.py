@@ -4,7 +4,9 @@ predict(images, state) validates the observation, copies the camera images into 
 buffers, preprocesses all cameras on the device in one batched call, computes the VLM prefix ONCE
 and runs 1 (default: the checkpoint's recommended count) or N Euler steps of the action head over
 it. Deterministic mode starts from zero noise (replay comparisons, tests); otherwise the noise
-comes from the runtime's own seeded generator, written into a preallocated buffer.
+comes from the runtime's own seeded generator, written into a preallocated buffer and shaped by the
+sampling options of vla_ros.policy.noise (scale, correlation along the horizon, one draw per
+episode; the defaults draw fresh white noise every call, as before the options existed).
 
 On CUDA the model runs in bfloat16 (the normaliser stays float32), and the fixed-shape part
 (pixels + tokens + state + noise -> actions) is compiled with torch.compile(mode="reduce-overhead"),
@@ -28,6 +30,7 @@ import torch
 from vla_ros.policy import checkpoint as checkpoints
 from vla_ros.policy.crop import crop_frames
 from vla_ros.policy.model import VLAPolicy
+from vla_ros.policy.noise import InitialNoise
 from vla_ros.robot.profile import RobotProfile
 
 WARMUP_CALLS = 3  # compile, record the CUDA graph, then one replay
@@ -39,26 +42,31 @@ class PolicyRuntime:
     def __init__(self, checkpoint_dir: str | os.PathLike, device: str | torch.device = "cpu",
                  steps: int | None = None, deterministic: bool = False, seed: int = 0,
                  dtype: torch.dtype | None = None, compile: bool | None = None,
-                 profile: RobotProfile | None = None, pad_text: bool | None = None):
+                 profile: RobotProfile | None = None, pad_text: bool | None = None, noise_scale: float = 1.0,
+                 noise_correlation: float = 0.0, noise_per_episode: bool = False):
         """profile: if given, refuse a checkpoint that does not fit that robot (dims, cameras).
         dtype/compile default to bfloat16 + compiled on CUDA, float32 + eager elsewhere.
-        pad_text: keep the instruction padded to max_text_tokens (default: only when compiled)."""
+        pad_text: keep the instruction padded to max_text_tokens (default: only when compiled).
+        noise_*: the sampling options of vla_ros.policy.noise.InitialNoise (ignored when deterministic)."""
         self.checkpoint_dir = Path(checkpoint_dir)
         policy = checkpoints.load_checkpoint(self.checkpoint_dir, profile=profile)
-        self._setup(policy, device, steps, deterministic, seed, dtype, compile, pad_text)
+        self._setup(policy, device, steps, deterministic, seed, dtype, compile, pad_text,
+                    (noise_scale, noise_correlation, noise_per_episode))
 
     @classmethod
     def from_policy(cls, policy: VLAPolicy, device: str | torch.device = "cpu", steps: int | None = None,
                     deterministic: bool = False, seed: int = 0, dtype: torch.dtype | None = None,
-                    compile: bool | None = None, pad_text: bool | None = None) -> "PolicyRuntime":
+                    compile: bool | None = None, pad_text: bool | None = None, noise_scale: float = 1.0,
+                    noise_correlation: float = 0.0, noise_per_episode: bool = False) -> "PolicyRuntime":
         """A runtime around an in-memory policy (benchmarks, training-time evaluation); the
         runtime takes the policy over: it is moved to `device` and its backbone/head cast to dtype."""
         runtime = cls.__new__(cls)
         runtime.checkpoint_dir = None
-        runtime._setup(policy, device, steps, deterministic, seed, dtype, compile, pad_text)
+        runtime._setup(policy, device, steps, deterministic, seed, dtype, compile, pad_text,
+                       (noise_scale, noise_correlation, noise_per_episode))
         return runtime
 
-    def _setup(self, policy, device, steps, deterministic, seed, dtype, compile, pad_text) -> None:
+    def _setup(self, policy, device, steps, deterministic, seed, dtype, compile, pad_text, noise_options) -> None:
         self.device = torch.device(device)
         cuda = self.device.type == "cuda"
         self.dtype = dtype or (torch.bfloat16 if cuda else torch.float32)
@@ -71,6 +79,7 @@ class PolicyRuntime:
         self.policy.head.to(self.dtype)
         self._lock = threading.Lock()
         self._generator = torch.Generator(self.device).manual_seed(seed)
+        self.initial_noise = InitialNoise(self._generator, *noise_options)
         self._pin = cuda
         config = self.config
         self._noise = torch.zeros(1, config.horizon, config.action_dim, device=self.device)
@@ -109,6 +118,11 @@ class PolicyRuntime:
             self._text = (ids.to(self.device), mask.to(self.device))
             self.instruction = text
 
+    def new_episode(self) -> None:
+        """A new episode starts (the node's enable): per-episode noise is drawn again on the next predict."""
+        with self._lock:
+            self.initial_noise.new_episode()
+
     def predict(self, images: Mapping[str, np.ndarray], state: np.ndarray, steps: int | None = None) -> np.ndarray:
         """images: camera key -> HxWx3 uint8; state: raw (state dims,) -> (horizon, action dims) float64."""
         steps = self.steps if steps is None else self._check_steps(steps)
@@ -122,7 +136,7 @@ class PolicyRuntime:
             if self.deterministic:
                 self._noise.zero_()
             else:
-                self._noise.normal_(generator=self._generator)
+                self.initial_noise.fill(self._noise)
             actions = self._core(pixels, text[0], text[1], state_tensor, self._noise, steps)
             self._actions_host.copy_(actions[0])
             return self._actions_host.numpy().astype(np.float64)
