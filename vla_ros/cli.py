@@ -21,6 +21,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "replay": ("vla_ros.replay:main", "evaluate a checkpoint offline on a ROS 2 bag"),
     "collect-sim": ("vla_ros.sim.collect:main", "record scripted simulated demonstrations"),
     "sim-eval": ("vla_ros.ros.sim_eval:main", "closed-loop success rate in simulation, through ROS"),
+    "rollout": ("vla_ros.policy.rollout:main", "closed-loop episodes in process (no ROS): success, smoothness, "
+                "safety interventions"),
     "bench": ("vla_ros.bench:main", "benchmarks that print JSON (policy, control, sim, node, ..., train, memory)"),
 }
 

@@ -1,0 +1,62 @@
+"""`vla-ros rollout`: in-process closed-loop episodes and the smoothness/intervention figures."""
+
+import json
+
+import numpy as np
+import pytest
+
+from vla_ros.policy import rollout
+from vla_ros.policy.checkpoint import build_random_policy, save_checkpoint
+from vla_ros.robot.profile import load_profile
+from vla_ros.sim.scripted import scripted_transfer_cube
+
+
+def test_roughness_counts_the_arm_joints_only():
+    values = np.zeros((4, 14))
+    values[:, 0] = [0.0, 0.1, 0.3, 0.6]  # left waist: steps 0.1, 0.2, 0.3; second differences 0.1, 0.1
+    values[:, 6] = [0.0, 1.0, 0.0, 1.0]  # left gripper: ignored
+    assert rollout.roughness(values) == pytest.approx(0.2 / 12)
+    assert rollout.roughness(values, 2) == pytest.approx(0.1 / 12)
+    assert np.isnan(rollout.roughness(values[:1]))
+
+
+def test_wilson_interval_matches_the_documented_one():
+    assert rollout.wilson_interval(41, 50) == pytest.approx([0.692, 0.902], abs=0.001)  # 69-90%
+    assert rollout.wilson_interval(0, 0) == [0.0, 1.0]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    policy = build_random_policy("tiny", load_profile("aloha_sim"), ("cam_high",), seed=5)
+    return save_checkpoint(policy, tmp_path_factory.mktemp("rollout") / "ckpt")
+
+
+def test_a_short_rollout_reports_success_roughness_and_interventions(checkpoint, tmp_path, capsys):
+    path = tmp_path / "rollout.json"
+    code = rollout.main(["--checkpoint", str(checkpoint), "--episodes", "1", "--max-ticks", "12",
+                         "--noise-correlation", "3", "--noise-per-episode", "--report", str(path)])
+    assert code == 0
+    printed = json.loads(capsys.readouterr().out)
+    report = json.loads(path.read_text())
+    assert printed["successes"] == report["summary"]["successes"] == 0  # a random policy
+    assert (report["noise_correlation"], report["noise_per_episode"], report["replan_ticks"]) == (3.0, True, 5)
+    episode = report["per_episode"][0]
+    assert episode["seed"] == 1001 and episode["ticks"] == 12 and episode["ended"] == "time"
+    for key in ("chunk_roughness", "target_roughness", "command_roughness"):
+        assert np.isfinite(episode[key]) and episode[key] >= 0
+    # Interventions are counted once per tick, whatever the number of joints they cut.
+    assert all(0 <= count <= 12 for count in episode["interventions_ticks"].values())
+    assert 0 <= report["summary"]["interventions_per_tick"]["cap_acceleration"] <= 1
+    demo = episode["demonstration"]
+    plan = scripted_transfer_cube(1001).joint_actions
+    assert demo["success_tick"] is not None  # the scripted plan succeeds on its own
+    assert demo["roughness"] == pytest.approx(rollout.roughness(plan[:demo["success_tick"]]))
+    assert report["summary"]["roughness_to_demonstrations"]["chunk_roughness"] == pytest.approx(
+        episode["chunk_roughness"] / demo["roughness"])
+
+
+def test_bad_arguments_get_one_line(checkpoint, capsys):
+    assert rollout.main(["--checkpoint", str(checkpoint), "--episodes", "0"]) == 1
+    assert capsys.readouterr().err.strip().count("\n") == 0
+    assert rollout.main(["--checkpoint", str(checkpoint), "--noise-scale", "-1", "--max-ticks", "1"]) == 1
+    assert "noise scale" in capsys.readouterr().err
