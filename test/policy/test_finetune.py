@@ -29,18 +29,18 @@ TASK = "transfer the cube to the left arm"
 FAST = ["--threads", "1", "--quiet"]
 
 
-def write_dataset(root, episodes=3, frames=24, size=(32, 32), seed=0):
+def write_dataset(root, episodes=3, frames=24, size=(32, 32), seed=0, task=TASK, fps=50, names=None):
     """A small dataset in the recorder's format: smooth joint motions around the start pose and a
     camera whose colour follows the motion (so that images carry information)."""
     rng = np.random.default_rng(seed)
-    names = PROFILE.vector_names
-    with LeRobotWriter(root, 50, PROFILE.name, names, names, {"cam_high": size}) as writer:
+    names = names or PROFILE.vector_names
+    with LeRobotWriter(root, fps, PROFILE.name, names, names, {"cam_high": size}) as writer:
         for _ in range(episodes):
             phase = rng.uniform(0, 2 * np.pi, 14)
             t = np.arange(frames + 1)[:, None] / frames
             trajectory = PROFILE.start_pose + 0.3 * np.sin(2 * np.pi * t + phase)
             trajectory[:, PROFILE.gripper_indices] = (t > 0.5).astype(float)
-            writer.start_episode(TASK)
+            writer.start_episode(task)
             for i in range(frames):
                 image = np.zeros((*size, 3), np.uint8)
                 image[..., 0] = int(255 * i / frames)

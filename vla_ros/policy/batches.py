@@ -33,7 +33,9 @@ import torch.nn.functional as F
 from vla_ros.data.lerobot import DatasetError, LeRobotDataset
 from vla_ros.policy.augment import ImageAugment
 from vla_ros.policy.crop import check_region, crop_frames
+from vla_ros.policy.delta import to_delta
 from vla_ros.policy.frame_cache import FrameCache
+from vla_ros.policy.normalize import NormStats, mixture_stats
 
 # Frames held in memory up to this; beyond it they stream from disk. 2 GiB of frames plus the
 # process itself (~0.7 GB for the tiny model) keeps peak RSS under 4 GB whatever the dataset size.
@@ -64,6 +66,16 @@ def split_episodes(num_episodes: int, held_out: int | float, seed: int = 0) -> t
     chosen = np.random.default_rng(seed).permutation(num_episodes)[:count]
     held = sorted(int(i) for i in chosen)
     return [i for i in range(num_episodes) if i not in held], held
+
+
+def chunk_ends(slots: np.ndarray | None, length: int) -> np.ndarray:
+    """Per frame t, the last frame an action chunk starting at t may reach: the frame before the
+    first gap in the timestamps after t, else the episode's last frame."""
+    if slots is None:
+        return np.full(length, length - 1, dtype=np.int64)
+    before_gap = np.flatnonzero(np.diff(slots) != 1)  # frame i is followed by a gap
+    ends = np.append(before_gap, length - 1)
+    return ends[np.searchsorted(before_gap, np.arange(length), side="left")]
 
 
 @dataclass
@@ -134,6 +146,7 @@ class DatasetSamples(_Batches):
                                     self.crops, cache_dir)
             self.memory_bytes = 0
         self.episodes = [self._load(dataset, i) for i in episodes]
+        self._ends = [chunk_ends(e.slots, len(e.action)) for e in self.episodes]
         lengths = np.array([len(e.state) for e in self.episodes])
         self._starts = np.concatenate([[0], np.cumsum(lengths)])
         self.num_frames = int(self._starts[-1])
@@ -159,16 +172,29 @@ class DatasetSamples(_Batches):
     def chunk(self, position: int, frame: int) -> tuple[np.ndarray, np.ndarray]:
         """Actions frame..frame+H-1 and their padding mask: steps past the episode's end or past a
         dropped frame (a timestamp gap) are padding and repeat the last action before them."""
-        episode = self.episodes[position]
-        action = episode.action
-        last = len(action) - 1
-        if episode.slots is not None:
-            ahead = episode.slots[frame:frame + self.horizon] - episode.slots[frame]
-            contiguous = ahead == np.arange(len(ahead))  # slots only grow: False from the first gap on
-            last = frame + int(contiguous.sum()) - 1
+        last = int(self._ends[position][frame])
         steps = np.arange(frame, frame + self.horizon)
         is_pad = steps > last
-        return action[np.minimum(steps, last)], is_pad
+        return self.episodes[position].action[np.minimum(steps, last)], is_pad
+
+    def target_frames(self, position: int) -> tuple[np.ndarray, np.ndarray]:
+        """(t, u) for every action target the loss sees in this episode: frame u of the chunk
+        predicted at frame t (u = t..t+H-1, padding excluded)."""
+        length = len(self.episodes[position].action)
+        start = np.repeat(np.arange(length), self.horizon)
+        target = start + np.tile(np.arange(self.horizon), length)
+        keep = target <= self._ends[position][start]
+        return start[keep], target[keep]
+
+    def delta_targets(self, source: Sequence[int], mask: Sequence[float]) -> np.ndarray:
+        """Every non-padded action target as the model learns it with delta actions (see
+        vla_ros.policy.delta): (targets, action dims) float32, as the loss computes them."""
+        source, mask = np.asarray(source), np.asarray(mask, dtype=np.float32)
+        rows = []
+        for position, episode in enumerate(self.episodes):
+            start, target = self.target_frames(position)
+            rows.append(to_delta(episode.action[target][:, None, :], episode.state[start], source, mask)[:, 0])
+        return np.concatenate(rows)
 
     def collate(self, samples: Sequence[int]) -> dict:
         """The batch for these frame numbers (0..num_frames-1), in compute_loss's format."""
@@ -202,7 +228,9 @@ class DatasetSamples(_Batches):
         return self.perturb(self.collate(rng.integers(0, self.num_frames, size=batch_size)), rng)
 
     def perturb(self, batch: dict, rng: np.random.Generator) -> dict:
-        """State noise and image augmentation, as configured, drawn from ``rng``."""
+        """State noise and image augmentation, as configured, drawn from ``rng``. The recorded
+        state stays in ``reference_state``: delta actions are offsets from it, not from the noise."""
+        batch["reference_state"] = batch["state"]
         if self.state_noise_std > 0.0:
             noise = rng.normal(0.0, self.state_noise_std, size=batch["state"].shape)
             batch["state"] = batch["state"] + torch.from_numpy(noise.astype(np.float32))
@@ -225,11 +253,15 @@ class MixedSamples(_Batches):
                 or weights.sum() <= 0:
             raise ValueError(f"need one finite weight >= 0 per dataset ({len(parts)}), not all zero; got {weights.tolist()}")
         first = parts[0]
-        for part in parts[1:]:
-            if (part.cameras, part.image_size, part.horizon) != (first.cameras, first.image_size, first.horizon) or \
-                    part.episodes[0].state.shape[1] != first.episodes[0].state.shape[1] or \
-                    part.episodes[0].action.shape[1] != first.episodes[0].action.shape[1]:
-                raise ValueError("mixed datasets must share cameras, image size, horizon and state/action dims")
+        for index, part in enumerate(parts[1:], start=1):
+            for what, value, expected in (
+                    ("cameras", part.cameras, first.cameras), ("image size", part.image_size, first.image_size),
+                    ("horizon", part.horizon, first.horizon),
+                    ("state dims", part.episodes[0].state.shape[1], first.episodes[0].state.shape[1]),
+                    ("action dims", part.episodes[0].action.shape[1], first.episodes[0].action.shape[1])):
+                if value != expected:
+                    raise ValueError(f"mixed datasets must share cameras, image size, horizon and state/action "
+                                     f"dims: dataset {index} has {what} {value}, dataset 0 has {expected}")
         self.parts = list(parts)
         self.weights = weights / weights.sum()
         self.cameras, self.image_size, self.horizon = first.cameras, first.image_size, first.horizon
@@ -248,10 +280,29 @@ class MixedSamples(_Batches):
             if not len(rows):
                 continue
             sub = part.perturb(part.collate(frames[rows]), rng)
-            for key in ("images", "state", "actions", "action_is_pad"):
+            for key in ("images", "state", "reference_state", "actions", "action_is_pad"):
                 if key not in batch:
                     batch[key] = torch.empty((batch_size, *sub[key].shape[1:]), dtype=sub[key].dtype)
                 batch[key][torch.from_numpy(rows)] = sub[key]
             for row, text in zip(rows, sub["instruction"]):
                 batch["instruction"][row] = text
         return batch
+
+
+def training_stats(samples: DatasetSamples | MixedSamples, delta_source: Sequence[int] | None = None,
+                   delta_mask: Sequence[float] | None = None) -> NormStats:
+    """Normalisation statistics of what the model trains on (mode: mean_std; every mode's keys).
+
+    State: every frame. Actions: every frame's action, or with delta actions (delta_source and
+    delta_mask, vla_ros.policy.delta) every non-padded target of every chunk as an offset from
+    its chunk's state. Mixed datasets weigh by their mixing weights (normalize.mixture_stats)."""
+    parts = samples.parts if isinstance(samples, MixedSamples) else [samples]
+    weights = samples.weights if isinstance(samples, MixedSamples) else [1.0]
+    states = [np.concatenate([e.state for e in part.episodes]) for part in parts]
+    if delta_source is None:
+        actions = [np.concatenate([e.action for e in part.episodes]) for part in parts]
+        if len(parts) == 1:  # as before delta actions and mixtures existed
+            return NormStats.from_arrays(states[0], actions[0])
+    else:
+        actions = [part.delta_targets(delta_source, delta_mask) for part in parts]
+    return NormStats(mixture_stats(states, weights, "states"), mixture_stats(actions, weights, "actions"))

@@ -7,7 +7,8 @@ recorded images and state; the error against the recorded actions is averaged pe
 horizon step (steps past an episode's end are not counted). All step counts decode from the SAME
 noise for a frame (seeded), so their difference is the decoding's alone. Errors are in raw units
 (radians for arm joints, normalised [0, 1] for grippers); `*_normalized` divides by the
-checkpoint's action scale so that joints of different ranges weigh alike.
+checkpoint's action scale (of the offsets, for a checkpoint trained with delta actions) so that
+joints of different ranges weigh alike.
 
 Episodes default to the held-out ones the training run recorded in the checkpoint
 (config.extra["training"]["held_out_episodes"]). The report is JSON; a PNG plot (per-joint and
@@ -58,13 +59,14 @@ def action_errors(policy: VLAPolicy, samples: DatasetSamples, steps: list[int], 
         batch = samples.collate(frames[start:start + batch_size])
         text_ids, text_mask = policy.tokenize(batch["instruction"])
         prefix = policy.encode(batch["images"].to(device), text_ids, text_mask)
-        state = policy.prepare_state(batch["state"].to(device))
+        raw_state = batch["state"].to(device)
+        state = policy.prepare_state(raw_state)
         noise = torch.randn(len(batch["state"]), horizon, config.action_dim, generator=generator).to(device)
         target = batch["actions"].double().numpy()
         valid = ~batch["action_is_pad"].numpy()
         counts += valid.sum(0)
         for k in steps:
-            predicted = policy.finish_actions(policy.sample(prefix, state, k, noise)).double().cpu().numpy()
+            predicted = policy.finish_actions(policy.sample(prefix, state, k, noise), raw_state).double().cpu().numpy()
             error = np.abs(predicted - target) * valid[:, :, None]
             totals[k]["abs"] += error.sum(0)
             totals[k]["sq"] += (error ** 2).sum(0)
@@ -124,6 +126,8 @@ def evaluate(dataset_dir, checkpoint_dir, steps: list[int], episodes: list[int] 
     dataset = LeRobotDataset(dataset_dir)
     check_dataset_fits(dataset, policy.config)
     training = policy.config.extra.get("training", {})
+    resolved = str(Path(dataset_dir).resolve())  # a mixed run records each dataset's own split
+    training = next((entry for entry in training.get("datasets") or [] if entry.get("path") == resolved), training)
     if episodes is None:
         episodes = list(training.get("held_out_episodes") or [])
         if not episodes:

@@ -2,6 +2,7 @@
 
     vla-ros train --dataset DIR --output OUT [--config YAML | tiny] [--init CHECKPOINT]
                   [--backbone VLM_DIR [--backbone-assets DIR]] [--steps N] [--alpha A] [--resume]
+                  [--dataset DIR2 ... --dataset-weight W --dataset-weight W2 ...] [--delta-actions]
     torchrun --nproc-per-node K -m vla_ros.policy.finetune ...   (DDP or FSDP: nccl on CUDA, gloo on CPU)
 
 --backbone (model.backbone) starts from pretrained vision-language weights: a Hugging Face
@@ -24,9 +25,16 @@ OUT after a run:
     OUT/train_config.json            the resolved configuration, the split and the dataset
     OUT/tensorboard/                 the same curves, only if tensorboard is installed
 
-Normalisation statistics are computed from the training episodes (NormStats.from_arrays) and
-stored in the checkpoint. Held-out episodes (data.held_out_episodes) are recorded in the
-checkpoint's config.extra["training"], where `vla-ros eval` finds them.
+Several datasets (--dataset repeated, or data.datasets) are mixed with weights in one run
+(vla_ros.policy.batches.MixedSamples): they must agree on joint names, dims, fps and the cameras
+used; each is split into training and held-out episodes on its own. --delta-actions
+(model.delta_actions) learns the arm joints' targets as offsets from the state, grippers absolute
+(vla_ros.policy.delta); the checkpoint records it and turns predictions back into absolute targets.
+
+Normalisation statistics are computed from the training episodes (batches.training_stats: the
+targets the model learns, weighted as the datasets are mixed) and stored in the checkpoint.
+Held-out episodes (data.held_out_episodes) are recorded in the checkpoint's
+config.extra["training"], where `vla-ros eval` finds them.
 
 Under DDP only rank 0 writes (log, checkpoints, final policy); other ranks train in a temporary
 directory that is removed. Each rank draws its own batches and flow noise.
@@ -54,10 +62,11 @@ from torch.nn.parallel import DistributedDataParallel
 from vla_ros.data.lerobot import DatasetError, LeRobotDataset
 from vla_ros.policy.backbone import FREEZE_PRESETS, ImageFit
 from vla_ros.policy.augment import ImageAugment
-from vla_ros.policy.batches import DatasetSamples, split_episodes
+from vla_ros.policy.batches import DatasetSamples, MixedSamples, split_episodes, training_stats
 from vla_ros.policy.checkpoint import (NAMED_CONFIGS, build_pretrained_policy, build_random_policy, check_compatible,
                                        load_backbone, load_checkpoint, save_checkpoint)
 from vla_ros.policy.crop import region_pixels
+from vla_ros.policy.delta import arm_joint_names, delta_layout
 from vla_ros.policy.model import ConfigError, PolicyConfig, VLAPolicy
 from vla_ros.policy.normalize import NormStats
 from vla_ros.policy.train import LOG_FILE, Trainer, TrainConfig, resolve_device
@@ -72,8 +81,8 @@ DEFAULTS: dict = {
               "normalization": "mean_std", "recommended_steps": 1, "seed": 0, "camera_crops": None,
               "backbone": None, "backbone_assets": None, "num_lm_layers": None, "max_text_tokens": None,
               "head": None, "freeze": "none", "train_embeddings": False, "lora": None,
-              "gradient_checkpointing": False, "image_fit": None},
-    "data": {"held_out_episodes": 0.1, "split_seed": 0, "image_size": None, "max_memory_gb": 2.0,
+              "gradient_checkpointing": False, "image_fit": None, "delta_actions": None},
+    "data": {"datasets": None, "held_out_episodes": 0.1, "split_seed": 0, "image_size": None, "max_memory_gb": 2.0,
              "state_noise_std": 0.0, "augment": None},
     "train": {"lr": 3e-4, "warmup_steps": 100, "total_steps": 2000, "batch_size": 32, "ema_decay": 0.99,
               "backbone_lr_scale": 1.0, "checkpoint_interval": 500, "keep_checkpoints": 2, "log_interval": 10,
@@ -179,14 +188,14 @@ def working_image_size(dataset: LeRobotDataset, policy: VLAPolicy, crops: dict, 
 
 
 def _with_training_settings(policy: VLAPolicy, stats: NormStats, model: dict, init: bool,
-                            camera_crops: dict) -> VLAPolicy:
+                            camera_crops: dict, delta_actions: tuple[str, ...]) -> VLAPolicy:
     """The policy rebuilt around the dataset's statistics and the run's alpha/horizon/steps.
 
     A random policy gets a new head for the configured horizon and normalisation; an --init
     checkpoint keeps its head weights, so its horizon and normalisation mode must stay."""
     values = policy.config.to_dict()
     values.update(alpha=float(model["alpha"]), recommended_steps=int(model["recommended_steps"]),
-                  camera_crops=camera_crops)
+                  camera_crops=camera_crops, delta_actions=list(delta_actions))
     horizon = int(model["horizon"] or policy.config.horizon)
     if init:
         if horizon != policy.config.horizon:
@@ -230,6 +239,82 @@ def check_dataset_fits(dataset: LeRobotDataset, config: PolicyConfig) -> None:
                            f"(it has {dataset.cameras})")
 
 
+def dataset_sources(paths: list[str] | None, weights: list[float] | None, configured) -> list[tuple[str, float]]:
+    """The run's (dataset directory, mixing weight) pairs: --dataset (repeatable) with one
+    --dataset-weight per --dataset (default 1 each), else data.datasets, a list of paths or of
+    {path, weight} mappings."""
+    if paths:
+        if weights and len(weights) != len(paths):
+            raise TrainSetupError(f"--dataset-weight given {len(weights)} times for {len(paths)} --dataset: "
+                                  "give one weight per dataset, in the same order, or none")
+        entries = list(zip(paths, weights or [1.0] * len(paths)))
+    elif weights:
+        raise TrainSetupError("--dataset-weight needs --dataset (one weight per --dataset)")
+    elif configured:
+        if not isinstance(configured, list):
+            raise TrainSetupError(f"data.datasets must be a list of paths or {{path, weight}} mappings, "
+                                  f"got {configured!r}")
+        entries = []
+        for index, entry in enumerate(configured):
+            entry = {"path": entry} if isinstance(entry, str) else entry
+            if not isinstance(entry, dict) or set(entry) - {"path", "weight"} or not isinstance(entry.get("path"), str):
+                raise TrainSetupError(f"data.datasets[{index}] must be a path or {{path: DIR, weight: W}}, "
+                                      f"got {entry!r}")
+            entries.append((entry["path"], entry.get("weight", 1.0)))
+    else:
+        raise TrainSetupError("no dataset: give --dataset DIR (repeat it to mix several) or data.datasets")
+    seen = set()
+    for path, weight in entries:
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not (np.isfinite(weight) and weight > 0):
+            raise TrainSetupError(f"dataset {path}: the mixing weight must be a positive number, got {weight!r}")
+        if Path(path).resolve() in seen:
+            raise TrainSetupError(f"dataset {path} is listed twice: give it once, with the sum of the weights")
+        seen.add(Path(path).resolve())
+    return [(str(path), float(weight)) for path, weight in entries]
+
+
+def check_datasets_agree(datasets: list[LeRobotDataset], cameras) -> None:
+    """Raise DatasetError naming the first mismatch if mixed datasets differ in state/action
+    dims or joint names, fps, or lack a camera the policy uses that the first one has."""
+    first = datasets[0]
+    for other in datasets[1:]:
+        for key in ("observation.state", "action"):
+            ours, theirs = first.features[key], other.features[key]
+            shape, expected_shape = list(theirs.get("shape", [])), list(ours.get("shape", []))
+            if shape != expected_shape:
+                raise DatasetError(f"mixed datasets disagree on {key}: {other.root} has shape {shape}, "
+                                   f"{first.root} has {expected_shape}")
+            names, expected_names = theirs.get("names"), ours.get("names")
+            if names != expected_names:
+                differing = [f"{i}: {a} vs {b}" for i, (a, b) in enumerate(zip(names or [], expected_names or []))
+                             if a != b] or [f"{names} vs {expected_names}"]
+                raise DatasetError(f"mixed datasets disagree on {key} names: {other.root} vs {first.root} at "
+                                   f"{differing[:3]}")
+        if other.fps != first.fps:
+            raise DatasetError(f"mixed datasets disagree on fps: {other.root} has {other.fps:g}, {first.root} has "
+                               f"{first.fps:g} (an action chunk would span different times)")
+        missing = [c for c in cameras if c in first.cameras and c not in other.cameras]
+        if missing:
+            raise DatasetError(f"mixed datasets disagree on cameras: {other.root} lacks {missing}, which the policy "
+                               f"uses and {first.root} has")
+
+
+def _delta_actions(model: dict, policy: VLAPolicy, profile, init: bool) -> tuple[str, ...]:
+    """The action dims learned as offsets (model.delta_actions: the arm joints, grippers absolute).
+    null keeps an --init checkpoint's choice (a new policy: off); an explicit choice must match it,
+    since the head's outputs would change meaning."""
+    requested = model["delta_actions"]
+    if requested not in (None, True, False):
+        raise TrainSetupError(f"model.delta_actions must be null, true or false, got {requested!r}")
+    if init:
+        if requested is not None and requested != bool(policy.config.delta_actions):
+            raise TrainSetupError(f"model.delta_actions is {requested} but the --init checkpoint learned "
+                                  f"{'delta' if policy.config.delta_actions else 'absolute'} actions: "
+                                  "its head's outputs would change meaning; leave it null or match it")
+        return policy.config.delta_actions
+    return arm_joint_names(policy.config.action_names, profile.gripper_indices) if requested else ()
+
+
 class Prepared:
     """Everything a run needs, built and checked before the output directory is touched."""
 
@@ -238,7 +323,10 @@ class Prepared:
         self.config = config
         self.train_config = TrainConfig.from_dict(config["train"])
         check_backbone_options(model)
-        self.dataset = LeRobotDataset(args.dataset)
+        sources = dataset_sources(args.dataset, args.dataset_weight, data["datasets"])
+        self.datasets = [LeRobotDataset(path) for path, _ in sources]
+        self.weights = [weight for _, weight in sources]
+        self.dataset = self.datasets[0]
         if args.init and model["backbone"]:
             raise TrainSetupError("--init and --backbone (model.backbone) both choose the starting weights: "
                                   "give one")
@@ -258,22 +346,44 @@ class Prepared:
             base = build_random_policy(model["config"], profile, model["cameras"], int(model["seed"]))
         if model["image_fit"]:  # black padding on the top/left, as pi0 and SmolVLA pad
             base.backbone.image_fit = ImageFit(mode=model["image_fit"])
-        self.dataset.check_profile(profile)
-        check_dataset_fits(self.dataset, base.config)
-        self.train_episodes, self.held_out = split_episodes(
-            self.dataset.num_episodes, data["held_out_episodes"], int(data["split_seed"]))
+        check_datasets_agree(self.datasets, base.config.camera_keys)
+        for dataset in self.datasets:
+            dataset.check_profile(profile)
+            check_dataset_fits(dataset, base.config)
+        self.splits = [split_episodes(dataset.num_episodes, data["held_out_episodes"], int(data["split_seed"]))
+                       for dataset in self.datasets]
+        self.train_episodes, self.held_out = self.splits[0]
         crops = _camera_crops(model, base.config)
-        size = working_image_size(self.dataset, base, crops, data["image_size"])
+        sizes = [working_image_size(dataset, base, crops, data["image_size"]) for dataset in self.datasets]
+        if len(set(sizes)) > 1:
+            raise TrainSetupError(f"mixed datasets' frames fit the model at different sizes {sizes} "
+                                  "(other frame shapes): set data.image_size")
+        size = sizes[0]
         horizon = int(model["horizon"] or base.config.horizon)
-        self.samples = DatasetSamples(self.dataset, self.train_episodes, base.config.camera_keys,
-                                      horizon, size, int(float(data["max_memory_gb"]) * 2**30),
-                                      float(data["state_noise_std"]), crops=crops,
-                                      augment=ImageAugment.from_dict(data["augment"]))
-        states = np.concatenate([e.state for e in self.samples.episodes])
-        actions = np.concatenate([e.action for e in self.samples.episodes])
-        stats = NormStats.from_arrays(states, actions)
-        stats.extra = {"source": f"dataset {self.dataset.root.resolve()}", "episodes": self.train_episodes}
-        self.policy = _with_training_settings(base, stats, model, init=bool(args.init), camera_crops=crops)
+        budget = int(float(data["max_memory_gb"]) * 2**30)  # shared: later datasets get what is left
+        parts = []
+        for dataset, (episodes, _) in zip(self.datasets, self.splits):
+            parts.append(DatasetSamples(dataset, episodes, base.config.camera_keys, horizon, size, budget,
+                                        float(data["state_noise_std"]), crops=crops,
+                                        augment=ImageAugment.from_dict(data["augment"])))
+            budget = max(0, budget - parts[-1].memory_bytes)
+        self.samples = parts[0] if len(parts) == 1 else MixedSamples(parts, self.weights)
+        delta_actions = _delta_actions(model, base, profile, bool(args.init))
+        layout = delta_layout(base.config.state_names, base.config.action_names, delta_actions) \
+            if delta_actions else (None, None)
+        stats = training_stats(self.samples, *layout)
+        self.sources = [{"path": str(dataset.root.resolve()), "weight": weight, "train_episodes": train,
+                         "held_out_episodes": held, "train_frames": part.num_frames}
+                        for dataset, weight, (train, held), part
+                        in zip(self.datasets, self.weights, self.splits, parts)]
+        stats.extra = {"source": "datasets " + ", ".join(f"{s['path']} (weight {s['weight']:g})" for s in self.sources)
+                       if len(parts) > 1 else f"dataset {self.dataset.root.resolve()}",
+                       "episodes": self.train_episodes,
+                       "action_targets": "offsets from the state (delta actions)" if delta_actions else "absolute"}
+        if len(parts) > 1:
+            stats.extra["datasets"] = [{k: s[k] for k in ("path", "weight", "train_episodes")} for s in self.sources]
+        self.policy = _with_training_settings(base, stats, model, init=bool(args.init), camera_crops=crops,
+                                              delta_actions=delta_actions)
         backbone_options = apply_backbone_options(self.policy, model)
         instructions = sorted({e.task for e in self.samples.episodes})
         token_counts = {text: self.policy.backbone.check_instruction(text) for text in instructions}
@@ -286,6 +396,8 @@ class Prepared:
                                    for camera in base.config.camera_keys},
             "config": model["config"] if not (args.init or model["backbone"]) else None,
             "backbone": model["backbone"], "backbone_options": backbone_options,
+            # every dataset of the run with its weight and split (`vla-ros eval` finds its own here)
+            "datasets": self.sources,
         }
 
 
@@ -457,7 +569,8 @@ def run(args, config: dict) -> dict:
             if rank > 0:  # the saved generator is rank 0's: give this rank its own noise again
                 trainer.generator.manual_seed(train_config.seed * 1_000_003 + trainer.step)
         if rank == 0:
-            summary = {"dataset": str(prepared.dataset.root), "world_size": world, "device": str(device),
+            summary = {"dataset": str(prepared.dataset.root), "datasets": prepared.sources,
+                       "world_size": world, "device": str(device),
                        "train_episodes": prepared.train_episodes, "held_out_episodes": prepared.held_out,
                        "train_frames": prepared.samples.num_frames,
                        "image_memory_mb": round(prepared.samples.memory_bytes / 2**20, 1),
@@ -494,7 +607,11 @@ def run(args, config: dict) -> dict:
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="vla-ros train", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dataset", required=True, help="LeRobot v3 dataset directory")
+    parser.add_argument("--dataset", action="append",
+                        help="LeRobot v3 dataset directory; repeat it to mix several (overrides data.datasets)")
+    parser.add_argument("--dataset-weight", action="append", type=float,
+                        help="mixing weight of the --dataset in the same position (default 1 each); "
+                             "a dataset is drawn with probability weight / sum of weights, whatever its size")
     parser.add_argument("--output", required=True, help="run directory (checkpoints, logs, final policy)")
     parser.add_argument("--config", help=f"YAML file (see config/train_tiny.yaml) or a named config "
                                          f"({', '.join(NAMED_CONFIGS)}); default: tiny")
@@ -510,6 +627,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--seed", type=int, help="seed of the weights, batches and noise")
     parser.add_argument("--state-noise-std", type=float,
                         help="noise on the training states, raw units (overrides data.state_noise_std)")
+    parser.add_argument("--delta-actions", action=argparse.BooleanOptionalAction, default=None,
+                        help="learn the arm joints' targets as offsets from the state, grippers absolute "
+                             "(openpi's ALOHA convention; overrides model.delta_actions; default off)")
     parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --output")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--threads", type=int, default=0,
@@ -535,6 +655,8 @@ def main(argv: list[str]) -> int:
             config["train"]["batch_size"] = args.batch_size
         if args.state_noise_std is not None:
             config["data"]["state_noise_std"] = args.state_noise_std
+        if args.delta_actions is not None:
+            config["model"]["delta_actions"] = args.delta_actions
         if args.seed is not None:
             config["model"]["seed"] = config["train"]["seed"] = config["data"]["split_seed"] = args.seed
         summary = run(args, config)

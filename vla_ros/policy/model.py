@@ -14,6 +14,13 @@ Training batch (`compute_loss`), tensors on the model's device:
     state         float (B, len(state_names)), raw units
     actions       float (B, horizon, len(action_names)), raw units
     action_is_pad bool (B, horizon), optional: steps past an episode's end, excluded from the loss
+    reference_state float (B, len(state_names)), optional: the recorded state that delta actions
+                  are offsets from (default: state; differs when training noise perturbs state)
+
+Delta actions (config.delta_actions, vla_ros.policy.delta): the named action dims are learned as
+offsets from the state; compute_loss turns the batch's absolute actions into offsets and
+finish_actions turns the model's output back into absolute targets, so callers always see
+absolute joint targets.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from torch import nn
 
 from vla_ros.policy.backbone import FAMILIES, VLMBackbone
 from vla_ros.policy.crop import check_region
+from vla_ros.policy.delta import delta_layout, from_delta, to_delta
 from vla_ros.policy.flow import euler_sample, flow_loss, interpolate, sample_time, velocity_target
 from vla_ros.policy.head import ActionHead, HeadConfig
 from vla_ros.policy.normalize import MODES, Normalizer, NormStats
@@ -56,6 +64,9 @@ class PolicyConfig:
     recommended_steps: int = 1
     robot_profile: str = ""
     normalization: str = "mean_std"
+    # Action dims learned as offsets from the state dim of the same name (vla_ros.policy.delta);
+    # empty: every action dim is absolute (checkpoints written before delta actions existed).
+    delta_actions: tuple[str, ...] = ()
     # camera key -> region of interest [top, left, height, width], fractions of the frame
     # (vla_ros.policy.crop); a camera without one is seen whole.
     camera_crops: dict = field(default_factory=dict)
@@ -65,6 +76,7 @@ class PolicyConfig:
         self.camera_keys = tuple(self.camera_keys)
         self.state_names = tuple(self.state_names)
         self.action_names = tuple(self.action_names)
+        self.delta_actions = tuple(self.delta_actions)
         if self.beta is not None:
             self.beta = tuple(float(b) for b in self.beta)
         if not isinstance(self.camera_crops, dict):
@@ -97,6 +109,12 @@ class PolicyConfig:
         for name in ("state_dim", "action_dim", "horizon"):
             if getattr(self.head, name) != getattr(self, name):
                 problems.append(f"head.{name} ({getattr(self.head, name)}) != {name} ({getattr(self, name)})")
+        if len(set(self.delta_actions)) != len(self.delta_actions):
+            problems.append(f"delta_actions names a dim twice: {list(self.delta_actions)}")
+        try:
+            delta_layout(self.state_names, self.action_names, self.delta_actions)
+        except ValueError as error:
+            problems.append(str(error))
         for camera, region in self.camera_crops.items():
             if camera not in self.camera_keys:
                 problems.append(f"camera_crops names camera '{camera}', which is not in camera_keys "
@@ -113,6 +131,7 @@ class PolicyConfig:
         data["camera_keys"] = list(self.camera_keys)
         data["state_names"] = list(self.state_names)
         data["action_names"] = list(self.action_names)
+        data["delta_actions"] = list(self.delta_actions)
         data["beta"] = list(self.beta) if self.beta is not None else None
         data["camera_crops"] = {camera: list(region) for camera, region in self.camera_crops.items()}
         data["head"] = self.head.to_dict()
@@ -180,6 +199,9 @@ class VLAPolicy(nn.Module):
         loss_mask = torch.zeros(config.action_dim, dtype=torch.bool)
         loss_mask[: config.real_action_dim] = True
         self.register_buffer("action_dim_mask", loss_mask, persistent=False)
+        source, mask = delta_layout(config.state_names, config.action_names, config.delta_actions)
+        self.register_buffer("delta_source", torch.tensor(source, dtype=torch.long), persistent=False)
+        self.register_buffer("delta_mask", torch.tensor(mask, dtype=torch.float32), persistent=False)
 
     # ---- pieces ------------------------------------------------------------------------------
     def tokenize(self, instructions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -213,9 +235,14 @@ class VLAPolicy(nn.Module):
         normalised = self.normalizer.normalize_action(actions.float())
         return nn.functional.pad(normalised, (0, self.config.action_dim - self.config.real_action_dim))
 
-    def finish_actions(self, actions: torch.Tensor) -> torch.Tensor:
-        """Normalised (B, H, action_dim) -> raw units, real dims only."""
-        return self.normalizer.denormalize_action(actions[..., : self.config.real_action_dim].float())
+    def finish_actions(self, actions: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        """Normalised (B, H, action_dim) -> absolute raw units, real dims only; `state` (B, real
+        state dims, raw units) is the state the chunk was predicted from (delta actions are
+        offsets from it)."""
+        raw = self.normalizer.denormalize_action(actions[..., : self.config.real_action_dim].float())
+        if not self.config.delta_actions:
+            return raw
+        return from_delta(raw, state.float(), self.delta_source, self.delta_mask)
 
     def velocity(self, prefix: Prefix, x_t: torch.Tensor, t: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
         """v_theta(x_t, t | prefix, normalised padded state), returned in float32.
@@ -243,7 +270,12 @@ class VLAPolicy(nn.Module):
             text_ids, text_mask = self.tokenize(list(batch["instruction"]))
         prefix = self.encode(batch["images"], text_ids, text_mask)
         state = self.prepare_state(batch["state"])
-        actions = self.prepare_actions(batch["actions"])
+        actions = batch["actions"]
+        if self.config.delta_actions:
+            reference = batch.get("reference_state")
+            reference = batch["state"] if reference is None else reference
+            actions = to_delta(actions.float(), reference.float(), self.delta_source, self.delta_mask)
+        actions = self.prepare_actions(actions)
         batch_size, device = actions.shape[0], actions.device
         random_device = generator.device if generator is not None else device
         noise = torch.randn(actions.shape, generator=generator, device=random_device).to(device)

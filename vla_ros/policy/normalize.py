@@ -13,6 +13,11 @@ The raw statistics (mean, std, min, max, and q01/q99 of state and action, exact)
 stored (stats.json, float64 as JSON numbers, which round-trip exactly); the normaliser derives
 centre and scale. Statistics saved before the quantiles existed load without them and serve
 every mode but "quantile".
+
+Several datasets mixed with weights (vla_ros.policy.batches.MixedSamples) get the statistics of
+the mixture the model trains on (mixture_stats): each row of dataset i weighs weights[i] / rows_i,
+so a dataset contributes its share of the draws whatever its size; quantiles are weighted
+(the inverse of the weighted empirical distribution function).
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,6 +51,42 @@ def _vector_stats(values: np.ndarray, what: str) -> dict[str, np.ndarray]:
         raise StatsError(f"{what}: contains non-finite values")
     return {"mean": flat.mean(0), "std": flat.std(0), "min": flat.min(0), "max": flat.max(0),
             "q01": np.quantile(flat, 0.01, axis=0), "q99": np.quantile(flat, 0.99, axis=0)}
+
+
+def _weighted_quantile(values: np.ndarray, weights: np.ndarray, q: float) -> float:
+    """The smallest value whose cumulative weight reaches q of the total (inverted CDF)."""
+    order = np.argsort(values, kind="stable")
+    cumulative = np.cumsum(weights[order])
+    position = min(int(np.searchsorted(cumulative, q * cumulative[-1], side="left")), len(values) - 1)
+    return float(values[order[position]])
+
+
+def mixture_stats(parts: Sequence[np.ndarray], weights: Sequence[float], what: str) -> dict[str, np.ndarray]:
+    """Statistics of rows drawn from parts[i] (each (N_i, D)) with probability weights[i]
+    (normalised), uniformly within a part. Computed one column at a time in float64, so a large
+    float32 table is never copied whole. One part: unweighted, as _vector_stats computes them."""
+    weights = np.asarray(weights, dtype=np.float64)
+    kept = [(np.asarray(part), float(w)) for part, w in zip(parts, weights) if w > 0 and len(part)]
+    if not kept or len({part.shape[1:] for part, _ in kept}) != 1 or kept[0][0].ndim != 2:
+        raise StatsError(f"{what}: need non-empty (N, D) tables of one width with a positive weight, got shapes "
+                         f"{[np.shape(p) for p in parts]} and weights {weights.tolist()}")
+    dims = kept[0][0].shape[1]
+    columns = []
+    for j in range(dims):
+        if len(kept) == 1:
+            columns.append(_vector_stats(kept[0][0][:, j:j + 1], f"{what}[{j}]"))
+            continue
+        values = np.concatenate([part[:, j].astype(np.float64) for part, _ in kept])
+        if not np.isfinite(values).all():
+            raise StatsError(f"{what}: contains non-finite values")
+        row_weights = np.concatenate([np.full(len(part), w / len(part)) for part, w in kept])
+        mean = np.average(values, weights=row_weights)
+        columns.append({"mean": mean, "std": np.sqrt(np.average((values - mean) ** 2, weights=row_weights)),
+                        "min": values.min(), "max": values.max(),
+                        "q01": _weighted_quantile(values, row_weights, 0.01),
+                        "q99": _weighted_quantile(values, row_weights, 0.99)})
+    return {key: np.array([np.asarray(column[key]).reshape(-1)[0] for column in columns], dtype=np.float64)
+            for key in STAT_KEYS + QUANTILE_KEYS}
 
 
 @dataclass

@@ -154,7 +154,7 @@ class PolicyRuntime:
     def _forward(self, pixels, text_ids, text_mask, state, noise, steps: int) -> torch.Tensor:
         prefix = self.policy.encode_pixels(pixels, text_ids, text_mask)
         normalised = self.policy.sample(prefix, self.policy.prepare_state(state), steps, noise)
-        return self.policy.finish_actions(normalised)
+        return self.policy.finish_actions(normalised, state)  # delta actions: offsets from state
 
     def _prefix(self, pixels, text_ids, text_mask) -> torch.Tensor:
         return self.policy.encode_pixels(pixels, text_ids, text_mask).tokens
