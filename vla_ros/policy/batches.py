@@ -190,11 +190,15 @@ class DatasetSamples(_Batches):
         """Every non-padded action target as the model learns it with delta actions (see
         vla_ros.policy.delta): (targets, action dims) float32, as the loss computes them."""
         source, mask = np.asarray(source), np.asarray(mask, dtype=np.float32)
-        rows = []
-        for position, episode in enumerate(self.episodes):
+        counts = [int((np.minimum(ends - np.arange(len(ends)), self.horizon - 1) + 1).sum()) for ends in self._ends]
+        rows = np.empty((sum(counts), len(mask)), dtype=np.float32)  # filled in place: one copy of the table
+        offset = 0
+        for position, (episode, count) in enumerate(zip(self.episodes, counts)):
             start, target = self.target_frames(position)
-            rows.append(to_delta(episode.action[target][:, None, :], episode.state[start], source, mask)[:, 0])
-        return np.concatenate(rows)
+            rows[offset:offset + count] = to_delta(episode.action[target][:, None, :], episode.state[start],
+                                                   source, mask)[:, 0]
+            offset += count
+        return rows
 
     def collate(self, samples: Sequence[int]) -> dict:
         """The batch for these frame numbers (0..num_frames-1), in compute_loss's format."""

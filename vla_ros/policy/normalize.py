@@ -53,12 +53,12 @@ def _vector_stats(values: np.ndarray, what: str) -> dict[str, np.ndarray]:
             "q01": np.quantile(flat, 0.01, axis=0), "q99": np.quantile(flat, 0.99, axis=0)}
 
 
-def _weighted_quantile(values: np.ndarray, weights: np.ndarray, q: float) -> float:
-    """The smallest value whose cumulative weight reaches q of the total (inverted CDF)."""
-    order = np.argsort(values, kind="stable")
+def _weighted_quantiles(values: np.ndarray, weights: np.ndarray, qs: Sequence[float]) -> list[float]:
+    """For each q, the smallest value whose cumulative weight reaches q of the total (inverted CDF)."""
+    order = np.argsort(values)
     cumulative = np.cumsum(weights[order])
-    position = min(int(np.searchsorted(cumulative, q * cumulative[-1], side="left")), len(values) - 1)
-    return float(values[order[position]])
+    positions = np.minimum(np.searchsorted(cumulative, np.asarray(qs) * cumulative[-1], side="left"), len(values) - 1)
+    return [float(values[order[position]]) for position in positions]
 
 
 def mixture_stats(parts: Sequence[np.ndarray], weights: Sequence[float], what: str) -> dict[str, np.ndarray]:
@@ -71,6 +71,7 @@ def mixture_stats(parts: Sequence[np.ndarray], weights: Sequence[float], what: s
         raise StatsError(f"{what}: need non-empty (N, D) tables of one width with a positive weight, got shapes "
                          f"{[np.shape(p) for p in parts]} and weights {weights.tolist()}")
     dims = kept[0][0].shape[1]
+    row_weights = np.concatenate([np.full(len(part), w / len(part)) for part, w in kept]) if len(kept) > 1 else None
     columns = []
     for j in range(dims):
         if len(kept) == 1:
@@ -79,12 +80,10 @@ def mixture_stats(parts: Sequence[np.ndarray], weights: Sequence[float], what: s
         values = np.concatenate([part[:, j].astype(np.float64) for part, _ in kept])
         if not np.isfinite(values).all():
             raise StatsError(f"{what}: contains non-finite values")
-        row_weights = np.concatenate([np.full(len(part), w / len(part)) for part, w in kept])
         mean = np.average(values, weights=row_weights)
+        q01, q99 = _weighted_quantiles(values, row_weights, (0.01, 0.99))
         columns.append({"mean": mean, "std": np.sqrt(np.average((values - mean) ** 2, weights=row_weights)),
-                        "min": values.min(), "max": values.max(),
-                        "q01": _weighted_quantile(values, row_weights, 0.01),
-                        "q99": _weighted_quantile(values, row_weights, 0.99)})
+                        "min": values.min(), "max": values.max(), "q01": q01, "q99": q99})
     return {key: np.array([np.asarray(column[key]).reshape(-1)[0] for column in columns], dtype=np.float64)
             for key in STAT_KEYS + QUANTILE_KEYS}
 
