@@ -6,7 +6,8 @@ ros2 launch vla_ros sim.launch.py checkpoint:=/path/to/ckpt
 sim_node publishes the simulation time on /clock and policy_node and arm_guard run on it
 (use_sim_time), as with Gazebo: stepping at wall-clock speed (real_time:=true) or as fast as it can,
 the simulation and its commander share one clock, also when a loaded machine slows the simulation
-below real time. Arguments are checked before any process starts (vla_ros.ros.launch_args). Add
+below real time. sim_node also waits (up to 0.1 s) for the goal of each step while it is being
+commanded (lockstep_timeout), so that no goal acts a step later than it was computed for. Arguments are checked before any process starts (vla_ros.ros.launch_args). Add
 nodes in launch_setup().
 """
 
@@ -36,7 +37,8 @@ def launch_setup(context):
         package="vla_ros", executable="sim_node", name="sim_node", **common,
         parameters=[
             PathJoinSubstitution([config, "config", "sim_node.yaml"]),
-            {"profile": profile, "task": arg("task"), "real_time": real_time, "publish_clock": True},
+            {"profile": profile, "task": arg("task"), "real_time": real_time, "publish_clock": True,
+             "lockstep_timeout": 0.1},
         ],
     )
     policy_node = Node(

@@ -211,6 +211,7 @@ def test_sim_nodes_run_on_the_clock_sim_node_publishes(real_time, monkeypatch, t
     sim = _overrides(_node(nodes, "sim_node"))
     assert sim["real_time"] is (real_time == "true")
     assert sim["publish_clock"] is True  # real time or not: /clock carries the simulation time
+    assert sim["lockstep_timeout"] > 0, "each step waits for the goal computed for it"
     for name in ("policy_node", "arm_guard"):
         assert _overrides(_node(nodes, name))["use_sim_time"] is True, name
     assert "use_sim_time" not in sim, "the clock's source must not wait for its own /clock"

@@ -279,6 +279,44 @@ def test_real_time_with_publish_clock_stamps_everything_on_the_simulation_clock(
         assert node.stop() == 0, node.report()
 
 
+def test_lockstep_steps_once_per_complete_command_while_commanded(ros_domain):
+    """With lockstep_timeout, a commanded simulation takes one step per full command (both arms, all
+    joints) however slowly they come, and runs freely again once the commands stop; without it,
+    it steps on its clock whatever the commands do."""
+    params = {"publish_clock": True, "image_width": WIDTH, "image_height": HEIGHT,
+              "gripper_operating_mode": "current_based_position", "diagnostics_period": 0.1}
+
+    def steps_per_command(lockstep_timeout: float) -> tuple[float, dict]:
+        with NodeProcess(module_command("vla_ros.ros.sim_node"), {**params, "lockstep_timeout": lockstep_timeout},
+                         PARAMS_FILE, domain_id=ros_domain) as node, \
+                ros_context(ros_domain) as context, Probe(context) as probe:
+            clocks = probe.subscribe(Clock, "/clock")
+            start_probe(probe, node, PROFILE)
+            pose = state_vector(probe)
+            for _ in range(3):  # the stream is live from here on
+                probe.sender.send(pose)
+                probe.spin_for(0.1)
+            before, sent = len(clocks), 10
+            for _ in range(sent):
+                probe.sender.send(pose)
+                probe.spin_for(0.1)  # a commander five times slower than the simulation
+            stepped = (len(clocks) - before) / sent
+            probe.spin_for(1.5)  # commands stopped: free running again
+            free = len(clocks)
+            probe.spin_for(0.5)
+            assert len(clocks) - free > 10, "the simulation kept waiting after the commands stopped"
+            values = diagnostics(probe)
+            assert node.stop() == 0, node.report()
+            return stepped, values
+
+    stepped, values = steps_per_command(0.5)
+    keys = ("accepted_commands", "rejected_commands", "last_rejection", "steps_without_new_goal", "lockstep_timeouts")
+    assert 0.5 <= stepped <= 1.5, (stepped, {k: values.get(k) for k in keys})
+    assert int(values["accepted_commands"]) >= 4 * 13 and values["rejected_commands"] == "0", values
+    stepped, values = steps_per_command(0.0)
+    assert stepped >= 3, (stepped, {k: values.get(k) for k in keys})
+
+
 def test_transfer_cube_scene_publishes_which_behaviours_completed(ros_domain):
     """Every step: each behaviour of the scene and the step it completed at ("" while it has not;
     the detectors themselves are tested in-process in test/sim/test_behaviours.py)."""

@@ -67,6 +67,10 @@ class SessionConfig:
     # falls behind the wall clock on a loaded machine, the policy's clock slows with it. False:
     # everything on the wall clock (the simulation then runs slower than its commander thinks).
     sim_clock: bool = True
+    # sim_node waits up to this long (s) after each step for the policy's goal for the next one
+    # (sim_node lockstep_timeout; needs sim_clock): on a busy machine a third of the goals otherwise
+    # reached the simulation a step after the one they were computed for. 0: free-running.
+    lockstep_timeout: float = 0.1
     # cam_high of the first `video_episodes` episodes as mp4; '{episode}' in the path is the index
     video_path: str = ""
     video_episodes: int = 1
@@ -146,7 +150,8 @@ class SimSession:
                 params={"profile": cfg.profile, "task": cfg.task, "seed": cfg.seed,
                         "image_width": cfg.image_width, "image_height": cfg.image_height,
                         "image_format": "jpeg" if cfg.compressed_images else "raw",
-                        "publish_clock": cfg.sim_clock}))
+                        "publish_clock": cfg.sim_clock,
+                        "lockstep_timeout": cfg.lockstep_timeout if cfg.sim_clock else 0.0}))
             self.guard = self._stack.enter_context(NodeProcess(
                 node_command("arm_guard"), domain_id=self.domain, env=env,
                 params={"profile": cfg.profile, "input_namespace": GUARD_INPUT, "use_sim_time": cfg.sim_clock}))

@@ -55,7 +55,10 @@ def main(argv: list[str]) -> int:
                              "joint states past the freshness gate on a 2-core machine)")
     parser.add_argument("--wall-clock", action="store_true",
                         help="run every node on the wall clock instead of the simulation's /clock (a simulation "
-                             "slower than real time then lags behind its commander)")
+                             "slower than real time then lags behind its commander); implies --free-running")
+    parser.add_argument("--free-running", action="store_true",
+                        help="sim_node steps on its clock alone instead of waiting (up to 0.1 s) for the policy's "
+                             "goal for each step; a goal that misses its step then acts a step late")
     parser.add_argument("--video-dir", default="", help="write the first --videos episodes of each step count as mp4")
     parser.add_argument("--videos", type=int, default=1, help="episodes per step count written to --video-dir")
     args = parser.parse_args(argv)
@@ -77,6 +80,7 @@ def main(argv: list[str]) -> int:
     report = {"checkpoint": args.checkpoint, "profile": args.profile, "seed": args.seed,
               "episodes": args.episodes, "instructions": instructions, "image_size": [height, width],
               "clock": "wall" if args.wall_clock else "sim",
+              "lockstep": not (args.wall_clock or args.free_running),
               # closed-loop success through ROS depends on how busy the machine is: say how busy it was
               "load_average_1min_start": os.getloadavg()[0], "by_steps": {}}
     for steps in args.steps:
@@ -85,7 +89,8 @@ def main(argv: list[str]) -> int:
                                episode_steps=args.episode_steps, image_width=width, image_height=height,
                                deterministic=args.deterministic, video_path=video, video_episodes=args.videos,
                                compressed_images=not args.raw_images, instruction=instructions[0],
-                               sim_clock=not args.wall_clock)
+                               sim_clock=not args.wall_clock,
+                               lockstep_timeout=0.0 if args.free_running else SessionConfig.lockstep_timeout)
         started = time.monotonic()
         results = []
         try:

@@ -67,6 +67,11 @@ PARAMETERS = (
               "running ahead of the physics. Always on when real_time is false"),
     ParamSpec("rate", 50.0, "steps per wall-clock second when real_time (each step simulates 0.02 s, so 50 "
               "is real time)", minimum=0.1, maximum=1000.0),
+    ParamSpec("lockstep_timeout", 0.0, "0: step on the clock alone. > 0: after each step, while an arm is being "
+              "commanded (a goal within the last 5 steps, no timeout since), wait up to this many seconds for a new "
+              "goal for every joint of that arm before stepping on, so that each step uses the goal its commander computed for it "
+              "(a real servo applies a goal when it arrives, never a whole step later); with publish_clock the "
+              "commander's clock waits too", minimum=0.0, maximum=1.0),
     ParamSpec("mirror_finger_joint", "right_finger", "name of the follower's second finger joint in the "
               "published JointState (its position is minus the finger's)"),
     ParamSpec("diagnostics_period", 1.0, "seconds of wall time between /diagnostics messages",
@@ -76,6 +81,9 @@ PARAMETERS = (
               "the follower setup sets current_based_position)",
               choices=("linear_position", "current_based_position", "position")),
 )
+
+
+LIVE_STREAM_STEPS = 5  # an arm whose last goal is at most this many steps old is being commanded
 
 
 @dataclass
@@ -122,6 +130,15 @@ class SimNode(Node):
         self.clock_time = 0.0  # seconds of simulated time since start, never reset (drives /clock)
         self.episode = -1
         self.accepted_commands = 0
+        # Command timing against the simulation's steps, per arm while its command stream is live (a
+        # goal within the last LIVE_STREAM_STEPS steps): a step that found no new goal since the
+        # previous one, and a goal replaced by the next before any step used it.
+        self._goals_since_step = [0] * len(self.profile.arms)
+        self._joints_since_step: list[set[int]] = [set() for _ in self.profile.arms]
+        self._steps_since_goal = [LIVE_STREAM_STEPS + 1] * len(self.profile.arms)
+        self.steps_without_new_goal = 0
+        self.goals_never_stepped = 0
+        self.lockstep_timeouts = 0
         self.rejected_commands = 0
         self.last_rejection = ""
         self.sim_errors = 0
@@ -184,6 +201,9 @@ class SimNode(Node):
             self.plans[index] = JointPlan.from_goal(goal.start, float(self.observation["qpos"][index]),
                                                     goal.times, goal.targets[:, k])
         self.accepted_commands += 1
+        if 0 in goal.joints:
+            self._goals_since_step[goal.arm_index] += 1
+        self._joints_since_step[goal.arm_index].update(goal.joints)
 
     def on_reject(self, topic: str, reason: str) -> None:
         self.rejected_commands += 1
@@ -201,6 +221,13 @@ class SimNode(Node):
 
     def step(self) -> None:
         self.clock_time += SIM_DT
+        for arm, goals in enumerate(self._goals_since_step):
+            self._steps_since_goal[arm] = 0 if goals else self._steps_since_goal[arm] + 1
+            if not goals and self._steps_since_goal[arm] <= LIVE_STREAM_STEPS:
+                self.steps_without_new_goal += 1
+            self.goals_never_stepped += max(goals - 1, 0)
+        self._goals_since_step = [0] * len(self.profile.arms)
+        self._joints_since_step = [set() for _ in self.profile.arms]
         try:
             self.observation, self.reward, self.success = self.sim.step(self.action())
         except Exception as exc:  # a physics failure must not end the node: start a new episode
@@ -266,6 +293,8 @@ class SimNode(Node):
             ("real_time_factor", f"{self.real_time_factor:.3f}"),
             ("reward", self.reward), ("success", self.success),
             ("accepted_commands", self.accepted_commands), ("rejected_commands", self.rejected_commands),
+            ("steps_without_new_goal", self.steps_without_new_goal),
+            ("goals_never_stepped", self.goals_never_stepped), ("lockstep_timeouts", self.lockstep_timeouts),
             ("last_rejection", self.last_rejection), ("command_interface", self.profile.command_interface),
             ("sim_errors", self.sim_errors), ("overruns", self.overruns),
             ("real_time", self.real_time), ("publish_clock", self.sim_clock))]
@@ -290,6 +319,7 @@ class SimNode(Node):
             if not self.real_time:
                 for _ in range(4):  # serve commands and service calls between steps
                     executor.spin_once(timeout_sec=0.0)
+                self.wait_for_commands(executor)
                 continue
             next_tick += period
             now = time.monotonic()
@@ -298,6 +328,30 @@ class SimNode(Node):
                 next_tick = now
             while context.ok() and (remaining := next_tick - time.monotonic()) > 0:
                 executor.spin_once(timeout_sec=remaining)
+            if self.wait_for_commands(executor):
+                next_tick = max(next_tick, time.monotonic())  # the wait moved this step: no burst after it
+
+    def commands_complete(self) -> bool:
+        """Every arm being commanded has a new goal for each of its joints since the last step."""
+        every_joint = set(range(self.profile.joints_per_arm))
+        return all(self._steps_since_goal[arm] > LIVE_STREAM_STEPS or self._joints_since_step[arm] >= every_joint
+                   for arm in range(len(self.profile.arms)))
+
+    def wait_for_commands(self, executor) -> bool:
+        """Lockstep (lockstep_timeout > 0): serve callbacks until commands_complete() or the timeout;
+        returns whether it waited at all."""
+        timeout = self.params["lockstep_timeout"]
+        if timeout <= 0 or self.commands_complete():
+            return False
+        deadline = time.monotonic() + timeout
+        while self.context.ok() and not self.commands_complete():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:  # a commander that stopped or fell behind: step freely until it is back
+                self.lockstep_timeouts += 1
+                self._steps_since_goal = [LIVE_STREAM_STEPS + 1] * len(self.profile.arms)
+                break
+            executor.spin_once(timeout_sec=remaining)
+        return True
 
 
 def main(argv: list[str] | None = None) -> int:
