@@ -364,6 +364,7 @@ def test_mismatched_checkpoint_refuses_to_arm(session_factory, assets):
     ({"profile": "no_such_robot"}, "file not found"),
     ({"chunk_blend": "average"}, "'chunk_blend' must be one of"),
     ({"control_rate_hz": -5.0}, "'control_rate_hz' must be >= 0"),
+    ({"noise_scale": -1.0}, "'noise_scale' must be >= 0"),
 ])
 def test_bad_configuration_exits_with_a_clear_message(ros_domain, params, message):
     node = NodeProcess(module_command("vla_ros.ros.policy_node"), params=params, domain_id=ros_domain)

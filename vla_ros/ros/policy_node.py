@@ -49,6 +49,11 @@ PARAMETERS = (
     ParamSpec("torch_threads", 1, "CPU threads for torch; more threads thrash when other processes share the cores",
               minimum=1, maximum=256),
     ParamSpec("deterministic", False, "zero initial noise: reproducible chunks (replay comparisons)"),
+    ParamSpec("noise_scale", 1.0, "initial noise temperature: the sampled noise times this (1: as trained); "
+              "docs/experiments.md 'Smoothness of one-step chunks'", minimum=0.0, maximum=10.0),
+    ParamSpec("noise_correlation", 0.0, "correlation length of the initial noise along the chunk's horizon, in "
+              "steps (squared-exponential kernel, unit variance); 0: white noise", minimum=0.0, maximum=1000.0),
+    ParamSpec("noise_per_episode", False, "draw the initial noise once per enable and reuse it for every chunk"),
     ParamSpec("dry_run", False, "publish commands under ~/dry_run/<the driver's topic> instead of to the arms "
               "(no tracking bound: the arms do not follow); can change only while disarmed", live=True),
     ParamSpec("command_namespace", "", "prefix for the command topics: '' sends to the driver's own topics; "
@@ -187,7 +192,10 @@ class PolicyNode(Node):
                     raise ValueError("parameter 'checkpoint' is empty: give a checkpoint directory")
                 runtime = PolicyRuntime(self.params["checkpoint"], device=self.params["device"],
                                         steps=self.params["steps"] or None,
-                                        deterministic=self.params["deterministic"])
+                                        deterministic=self.params["deterministic"],
+                                        noise_scale=self.params["noise_scale"],
+                                        noise_correlation=self.params["noise_correlation"],
+                                        noise_per_episode=self.params["noise_per_episode"])
             else:
                 runtime = runtime_factory(self.params)
             runtime.check_compatible(self.profile)
@@ -445,6 +453,7 @@ class PolicyNode(Node):
             except Exception as exc:  # e.g. e-stop latched
                 response.success, response.message = False, f"refusing to arm: {exc}"
                 return response
+        self.runtime.new_episode()  # per-episode noise: a new draw for this session
         response.success, response.message = True, "armed: ramping from the measured pose"
         self.get_logger().info(response.message)
         return response
