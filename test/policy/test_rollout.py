@@ -60,3 +60,20 @@ def test_bad_arguments_get_one_line(checkpoint, capsys):
     assert capsys.readouterr().err.strip().count("\n") == 0
     assert rollout.main(["--checkpoint", str(checkpoint), "--noise-scale", "-1", "--max-ticks", "1"]) == 1
     assert "noise scale" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("latency_ticks", [0, 3])
+def test_latency_ticks_delay_each_chunk_to_the_controller(latency_ticks):
+    """A chunk observed at tick k reaches the controller at tick k + latency_ticks: before the first
+    one arrives the controller has nothing to follow and holds."""
+    from vla_ros.control.controller import Controller, ControllerConfig
+    from vla_ros.sim.aloha_sim import AlohaSim
+
+    profile = load_profile("aloha_sim")
+    controller = Controller(profile, ControllerConfig(soft_start_time=0.2))
+    episode = rollout.drive(controller, AlohaSim("transfer_cube", cameras=()), 1001,
+                            lambda tick, observation: np.tile(observation["qpos"], (20, 1)), replan_ticks=5,
+                            max_ticks=10, latency_ticks=latency_ticks)
+    assert episode["interventions_ticks"]["hold"] == latency_ticks
+    with pytest.raises(ValueError, match="latency-ticks"):
+        rollout.rollout("unused", latency_ticks=-1)

@@ -9,8 +9,9 @@ predicts a chunk from the current frame and joint state, the control core (Contr
 policy_node's default parameters) queues it stamped with the observation's time, and every tick
 the controller's command drives AlohaSim. As in the node, one Controller serves all episodes
 (disable, then enable at the reset pose) and the runtime starts a new noise episode on each enable.
-Differences from the ROS path: inference is synchronous (no latency), frames are raw (sim_node
-sends JPEG) and an episode ends at success instead of running out its 400 ticks.
+Differences from the ROS path: inference is synchronous (no latency unless --latency-ticks
+delays each chunk), frames are raw (sim_node sends JPEG) and an episode ends at success instead
+of running out its 400 ticks.
 
 Roughness is the mean |x[t+1] - x[t]| over the arm joints (grippers excluded), in rad per tick:
 - chunks: inside each predicted chunk (its entries are one tick apart);
@@ -71,10 +72,12 @@ def wilson_interval(successes: int, trials: int, z: float = 1.959964) -> list[fl
 
 
 def drive(controller: Controller, sim: AlohaSim, seed: int, chunk_for, replan_ticks: int,
-          max_ticks: int = EPISODE_LEN) -> dict:
+          max_ticks: int = EPISODE_LEN, latency_ticks: int = 0) -> dict:
     """One closed-loop episode on `seed`: every `replan_ticks` ticks chunk_for(tick, observation)
-    gives a chunk captured now, every tick the controller's command drives the simulator; ends at
-    success, at a stop of the controller (fault) or after max_ticks."""
+    gives a chunk captured now, which reaches the controller `latency_ticks` ticks later (stamped
+    with its capture time, as the node's inference latency delays it); every tick the controller's
+    command drives the simulator; ends at success, at a stop of the controller (fault) or after
+    max_ticks."""
     profile = controller.profile
     observation = sim.reset(seed)
     controller.disable()
@@ -83,11 +86,15 @@ def drive(controller: Controller, sim: AlohaSim, seed: int, chunk_for, replan_ti
     counts = dict.fromkeys(COUNTED_INTERVENTIONS, 0) | {"hold": 0}
     after_ramp = dict(counts)  # the same, once the soft start is over
     success, best_reward, ended = False, 0.0, "time"
+    in_flight: list[tuple[int, float, np.ndarray]] = []  # (tick it arrives, capture time, chunk)
     for tick in range(max_ticks):
         now = tick * controller.dt
         if tick % replan_ticks == 0:
             chunks.append(chunk_for(tick, observation))
-            controller.on_chunk(chunks[-1], now, now)
+            in_flight.append((tick + latency_ticks, now, chunks[-1]))
+        while in_flight and in_flight[0][0] <= tick:
+            _, captured, chunk = in_flight.pop(0)
+            controller.on_chunk(chunk, captured, now)
         result = controller.tick(now, observation["qpos"], {arm.name: now for arm in profile.arms},
                                  dict.fromkeys(profile.camera_names, now))
         for kind in set(result.reasons):
@@ -127,13 +134,13 @@ def drive(controller: Controller, sim: AlohaSim, seed: int, chunk_for, replan_ti
 
 
 def run_episode(runtime: PolicyRuntime, controller: Controller, sim: AlohaSim, seed: int,
-                replan_ticks: int, max_ticks: int = EPISODE_LEN) -> dict:
+                replan_ticks: int, max_ticks: int = EPISODE_LEN, latency_ticks: int = 0) -> dict:
     """One policy episode on `seed`; the runtime starts a new noise episode, as on the node's enable."""
     cameras = {name: SIM_CAMERA_FOR_PROFILE_CAMERA[name] for name in controller.profile.camera_names}
     runtime.new_episode()
     return drive(controller, sim, seed, lambda tick, observation: runtime.predict(
         {name: observation["images"][sim_name] for name, sim_name in cameras.items()}, observation["qpos"]),
-        replan_ticks, max_ticks)
+        replan_ticks, max_ticks, latency_ticks)
 
 
 def demonstration(seed: int, sim: AlohaSim, controller: Controller, replan_ticks: int, horizon: int) -> dict:
@@ -194,10 +201,12 @@ def rollout(checkpoint, episodes: int = 10, seed: int = 1000, chunk_blend: str =
             deterministic: bool = False, noise_scale: float = 1.0, noise_correlation: float = 0.0,
             noise_per_episode: bool = False, runtime_seed: int = 0, demonstrations: bool = True,
             max_ticks: int = EPISODE_LEN, soft_start_time: float = ControllerConfig.soft_start_time,
-            progress=None) -> dict:
+            progress=None, latency_ticks: int = 0) -> dict:
     """The report as a dict (see the module docstring)."""
     if episodes < 1 or max_ticks < 1:
         raise ValueError(f"--episodes and --max-ticks must be >= 1, got {episodes} and {max_ticks}")
+    if latency_ticks < 0:
+        raise ValueError(f"--latency-ticks must be >= 0, got {latency_ticks}")
     profile = load_profile(PROFILE)
     runtime = PolicyRuntime(checkpoint, profile=profile, deterministic=deterministic, seed=runtime_seed,
                             noise_scale=noise_scale, noise_correlation=noise_correlation,
@@ -215,7 +224,8 @@ def rollout(checkpoint, episodes: int = 10, seed: int = 1000, chunk_blend: str =
     demo_sim = AlohaSim("transfer_cube", cameras=()) if demonstrations else None
     demo_controller = Controller(profile, config)
     for index in range(1, episodes + 1):
-        results.append(run_episode(runtime, controller, sim, seed + index, replan_ticks, max_ticks))
+        results.append(run_episode(runtime, controller, sim, seed + index, replan_ticks, max_ticks,
+                                   latency_ticks))
         if demo_sim is not None:
             demos.append(demonstration(seed + index, demo_sim, demo_controller, replan_ticks,
                                        runtime.config.horizon))
@@ -235,6 +245,7 @@ def rollout(checkpoint, episodes: int = 10, seed: int = 1000, chunk_blend: str =
         "chunk_blend": chunk_blend,
         "soft_start_time": soft_start_time,
         "replan_ticks": replan_ticks,
+        "latency_ticks": latency_ticks,
         "torch_threads": torch.get_num_threads(),
         "wall_s": round(time.monotonic() - started, 1),
         "summary": summarize(results, demos),
@@ -259,13 +270,16 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--max-ticks", type=int, default=EPISODE_LEN, help="ticks per episode at most")
     parser.add_argument("--soft-start-time", type=float, default=ControllerConfig.soft_start_time,
                         help="s of reduced speed after enable (policy_node's soft_start_time)")
+    parser.add_argument("--latency-ticks", type=int, default=0,
+                        help="each chunk reaches the controller this many ticks after its observation")
     parser.add_argument("--report", help="also write the JSON here")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     try:
         report = rollout(args.checkpoint, args.episodes, args.seed, args.chunk_blend, args.deterministic,
                          args.noise_scale, args.noise_correlation, args.noise_per_episode, args.runtime_seed,
-                         not args.no_demonstrations, args.max_ticks, args.soft_start_time, progress=lambda line: print(line, file=sys.stderr, flush=True))
+                         not args.no_demonstrations, args.max_ticks, args.soft_start_time, progress=lambda line: print(line, file=sys.stderr, flush=True),
+                         latency_ticks=args.latency_ticks)
     except (ValueError, OSError, CheckpointError) as error:
         print(f"vla-ros rollout: {error}", file=sys.stderr)
         return 1
@@ -275,7 +289,7 @@ def main(argv: list[str]) -> int:
         Path(args.report).write_text(text)
     print(json.dumps({"report": args.report, "config": {k: report[k] for k in (
         "steps", "deterministic", "noise_scale", "noise_correlation", "noise_per_episode", "chunk_blend",
-        "soft_start_time")},
+        "soft_start_time", "latency_ticks")},
         **report["summary"]}, indent=1) if args.report else text)
     return 0
 
