@@ -33,7 +33,7 @@ def checkpoint(tmp_path_factory):
 
 def test_a_short_rollout_reports_success_roughness_and_interventions(checkpoint, tmp_path, capsys):
     path = tmp_path / "rollout.json"
-    code = rollout.main(["--checkpoint", str(checkpoint), "--episodes", "1", "--max-ticks", "12",
+    code = rollout.main(["--checkpoint", str(checkpoint), "--episodes", "2", "--max-ticks", "12",
                          "--noise-correlation", "3", "--noise-per-episode", "--report", str(path)])
     assert code == 0
     printed = json.loads(capsys.readouterr().out)
@@ -42,6 +42,9 @@ def test_a_short_rollout_reports_success_roughness_and_interventions(checkpoint,
     assert (report["noise_correlation"], report["noise_per_episode"], report["replan_ticks"]) == (3.0, True, 5)
     episode = report["per_episode"][0]
     assert episode["seed"] == 1001 and episode["ticks"] == 12 and episode["ended"] == "time"
+    # One controller serves every episode, as in the node; the clock goes on, so the second
+    # episode's first chunk is not taken for an old one (which held the arms for 0.1 s).
+    assert [e["interventions_ticks"]["hold"] for e in report["per_episode"]] == [0, 0]
     for key in ("chunk_roughness", "target_roughness", "command_roughness"):
         assert np.isfinite(episode[key]) and episode[key] >= 0
     # Interventions are counted once per tick, whatever the number of joints they cut.
@@ -51,8 +54,9 @@ def test_a_short_rollout_reports_success_roughness_and_interventions(checkpoint,
     plan = scripted_transfer_cube(1001).joint_actions
     assert demo["success_tick"] is not None  # the scripted plan succeeds on its own
     assert demo["roughness"] == pytest.approx(rollout.roughness(plan[:demo["success_tick"]]))
-    assert report["summary"]["roughness_to_demonstrations"]["chunk_roughness"] == pytest.approx(
-        episode["chunk_roughness"] / demo["roughness"])
+    summary = report["summary"]
+    assert summary["roughness_to_demonstrations"]["chunk_roughness"] == pytest.approx(
+        summary["roughness"]["chunk_roughness"] / summary["demonstrations"]["roughness"])
 
 
 def test_bad_arguments_get_one_line(checkpoint, capsys):

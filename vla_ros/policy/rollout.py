@@ -77,18 +77,22 @@ def drive(controller: Controller, sim: AlohaSim, seed: int, chunk_for, replan_ti
     gives a chunk captured now, which reaches the controller `latency_ticks` ticks later (stamped
     with its capture time, as the node's inference latency delays it); every tick the controller's
     command drives the simulator; ends at success, at a stop of the controller (fault) or after
-    max_ticks."""
+    max_ticks. The clock goes on from the controller's previous episode, as the node's does: set
+    back to 0, it would leave the executor's last target time in the future and expire the first
+    chunk (the arms then held for a replan period)."""
     profile = controller.profile
+    origin = (controller.ticks + 1) * controller.dt
     observation = sim.reset(seed)
     controller.disable()
-    controller.enable(0.0, observation["qpos"])
+    controller.enable(origin, observation["qpos"])
     chunks, targets, commands = [], [], []
     counts = dict.fromkeys(COUNTED_INTERVENTIONS, 0) | {"hold": 0}
     after_ramp = dict(counts)  # the same, once the soft start is over
+    ramp_ticks = int(np.ceil(controller.config.soft_start_time / controller.dt - 1e-9))
     success, best_reward, ended = False, 0.0, "time"
     in_flight: list[tuple[int, float, np.ndarray]] = []  # (tick it arrives, capture time, chunk)
     for tick in range(max_ticks):
-        now = tick * controller.dt
+        now = origin + tick * controller.dt
         if tick % replan_ticks == 0:
             chunks.append(chunk_for(tick, observation))
             in_flight.append((tick + latency_ticks, now, chunks[-1]))
@@ -101,7 +105,7 @@ def drive(controller: Controller, sim: AlohaSim, seed: int, chunk_for, replan_ti
             key = "hold" if kind.startswith("hold") else kind
             if key in counts:
                 counts[key] += 1
-                after_ramp[key] += now >= controller.config.soft_start_time
+                after_ramp[key] += tick >= ramp_ticks
         if result.command is None:
             ended = result.state
             break
@@ -114,7 +118,6 @@ def drive(controller: Controller, sim: AlohaSim, seed: int, chunk_for, replan_ti
             ended = "success"
             break
     commands = np.array(commands)
-    ramp_ticks = int(np.ceil(controller.config.soft_start_time / controller.dt - 1e-9))
     # Ticks on which some ARM joint's command changed speed by the full acceleration cap (the
     # filter's counter does not say which joints it cut; the grippers' 0/1 steps are cut too).
     arm_capped = np.zeros(len(commands), dtype=bool)  # per tick
