@@ -47,6 +47,7 @@ from vla_ros.robot.profile import load_profile
 from vla_ros.sim.aloha_sim import SIM_CAMERA_FOR_PROFILE_CAMERA, AlohaSim
 from vla_ros.sim.collect import TASK_TEXT
 from vla_ros.sim.scripted import ARM_JOINT_INDICES, EPISODE_LEN, scripted_transfer_cube
+from vla_ros.sim.success import wilson_interval
 
 PROFILE = "aloha_sim"
 REPLAN_PERIOD = 0.1  # s: policy_node's default replan_period
@@ -59,16 +60,6 @@ def roughness(values: np.ndarray, order: int = 1) -> float:
     if len(values) <= order:
         return float("nan")
     return float(np.abs(np.diff(values[:, ARM_JOINT_INDICES], n=order, axis=0)).mean())
-
-
-def wilson_interval(successes: int, trials: int, z: float = 1.959964) -> list[float]:
-    """The 95% Wilson score interval of a success rate."""
-    if trials == 0:
-        return [0.0, 1.0]
-    p = successes / trials
-    centre = (p + z * z / (2 * trials)) / (1 + z * z / trials)
-    half = z * np.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / (1 + z * z / trials)
-    return [max(0.0, centre - half), min(1.0, centre + half)]
 
 
 def drive(controller: Controller, sim: AlohaSim, seed: int, chunk_for, replan_ticks: int,

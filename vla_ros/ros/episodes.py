@@ -35,6 +35,7 @@ from vla_ros.ros.qos import image_qos
 from vla_ros.ros.processes import NodeProcess, Probe, module_command, ros_context
 from vla_ros.sim.behaviours import BEHAVIOURS, NONE, classify
 from vla_ros.sim.collect import TASK_TEXT
+from vla_ros.sim.success import wilson_interval
 
 NODE_MODULES = {"sim_node": "vla_ros.ros.sim_node", "policy_node": "vla_ros.ros.policy_node",
                 "arm_guard": "vla_ros.ros.arm_guard"}
@@ -344,17 +345,6 @@ def write_video(path: str, messages: list, fps: float) -> None:
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
-
-
-def wilson_interval(successes: int, trials: int) -> list[float]:
-    """95% Wilson score interval of a success rate ([0, 1] when there were no trials)."""
-    if not trials:
-        return [0.0, 1.0]
-    z = 1.959964
-    p = successes / trials
-    centre = (p + z * z / (2 * trials)) / (1 + z * z / trials)
-    half = z * np.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / (1 + z * z / trials)
-    return [max(0.0, float(centre - half)), min(1.0, float(centre + half))]
 
 
 def confusion_table(results: list[EpisodeResult]) -> dict:
