@@ -39,12 +39,14 @@ def test_sim_eval_reports_both_step_counts_and_writes_the_video(checkpoint, tmp_
     code = sim_eval.main(["--checkpoint", checkpoint, "--episodes", "1", "--videos", "2", "--steps", "1,2",
                           "--instruction", INSTRUCTIONS[0], "--instruction", INSTRUCTIONS[1],
                           "--episode-steps", str(EPISODE_STEPS), "--image-size", "48x64",
+                          "--policy-param", "noise_correlation:=3.0",
                           "--profile", "aloha_sim", "--report", str(report_path), "--video-dir", str(video_dir)])
     assert code == 0, capsys.readouterr().err
     assert os.environ["ROS_DOMAIN_ID"] == str(ros_domain), "the session leaked its ROS domain into this process"
     out = capsys.readouterr().out
     report = json.loads(report_path.read_text())
     assert report["image_size"] == [48, 64] and report["instructions"] == INSTRUCTIONS
+    assert report["policy_params"] == {"noise_correlation": "3.0"} and report["lockstep"] and report["clock"] == "sim"
     assert set(report["by_steps"]) == {"1", "2"}
     for steps, summary in report["by_steps"].items():
         assert summary["episodes"] == 2
@@ -103,3 +105,13 @@ def test_negative_video_count_is_a_usage_error(tmp_path, capsys):
         sim_eval.main(["--checkpoint", str(tmp_path), "--report", str(tmp_path / "r.json"), "--videos", "-1"])
     assert exit_info.value.code == 2
     assert "--videos" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("param, message", [("noise_correlation=3", "NAME:=VALUE"),
+                                            ("no_such_parameter:=1", "policy_node has no such parameter"),
+                                            ("checkpoint:=/elsewhere", "sim-eval sets it itself")])
+def test_bad_policy_param_is_a_usage_error(tmp_path, capsys, param, message):
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(SystemExit):
+        sim_eval.main(["--checkpoint", str(tmp_path), "--report", str(tmp_path / "r.json"), "--policy-param", param])
+    assert message in capsys.readouterr().err

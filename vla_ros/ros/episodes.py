@@ -72,6 +72,8 @@ class SessionConfig:
     # (sim_node lockstep_timeout; needs sim_clock): on a busy machine a third of the goals otherwise
     # reached the simulation a step after the one they were computed for. 0: free-running.
     lockstep_timeout: float = 0.1
+    # further policy_node parameters (e.g. {"noise_correlation": 16.0}): what an operator would set
+    policy_params: dict = field(default_factory=dict)
     # cam_high of the first `video_episodes` episodes as mp4; '{episode}' in the path is the index
     video_path: str = ""
     video_episodes: int = 1
@@ -162,7 +164,7 @@ class SimSession:
                         "instruction": cfg.instruction, "steps": cfg.steps, "command_namespace": GUARD_INPUT,
                         "deterministic": cfg.deterministic, "soft_start_time": cfg.soft_start_time,
                         "image_transport": "compressed" if cfg.compressed_images else "raw",
-                        "use_sim_time": cfg.sim_clock}))
+                        "use_sim_time": cfg.sim_clock, **cfg.policy_params}))
             context = self._stack.enter_context(ros_context(self.domain))
             self.probe = self._stack.enter_context(Probe(context, "sim_session_client"))
             self._subscribe()

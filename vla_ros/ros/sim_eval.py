@@ -34,6 +34,18 @@ def _step_counts(text: str) -> list[int]:
     return counts
 
 
+# policy_node parameters the session itself sets (the profile, checkpoint, wiring and clock)
+SESSION_POLICY_PARAMETERS = {"profile", "checkpoint", "instruction", "steps", "command_namespace", "deterministic",
+                             "soft_start_time", "image_transport"}
+
+
+def _policy_param(text: str) -> tuple[str, str]:
+    name, separator, value = text.partition(":=")
+    if not separator or not name.strip() or not value.strip():
+        raise argparse.ArgumentTypeError(f"--policy-param takes NAME:=VALUE, got {text!r}")
+    return name.strip(), value.strip()
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="vla-ros sim-eval", description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", required=True)
@@ -50,6 +62,9 @@ def main(argv: list[str]) -> int:
                         help="instruction for policy_node (repeat for several: they take turns, episode by "
                              "episode, switched live; default: the transfer-cube datasets' instruction)")
     parser.add_argument("--deterministic", action="store_true", help="zero initial noise")
+    parser.add_argument("--policy-param", action="append", default=[], type=_policy_param, metavar="NAME:=VALUE",
+                        help="a further policy_node parameter, as on its command line (repeatable), e.g. "
+                             "noise_correlation:=16.0")
     parser.add_argument("--raw-images", action="store_true",
                         help="send raw rgb8 frames between the nodes instead of JPEG (raw 640x480 delayed "
                              "joint states past the freshness gate on a 2-core machine)")
@@ -66,6 +81,13 @@ def main(argv: list[str]) -> int:
         parser.error("--episodes must be >= 1")
     if args.videos < 0:
         parser.error("--videos must be >= 0")
+    from vla_ros.ros.policy_node import PARAMETERS as POLICY_PARAMETERS
+
+    known = {spec.name for spec in POLICY_PARAMETERS} - SESSION_POLICY_PARAMETERS
+    for name, _ in args.policy_param:
+        if name not in known:
+            parser.error(f"--policy-param {name}: " + ("sim-eval sets it itself" if name in SESSION_POLICY_PARAMETERS
+                                                      else f"policy_node has no such parameter; it has {sorted(known)}"))
     instructions = args.instruction or [TASK_TEXT["transfer_cube"]]
     if any(not text.strip() for text in instructions) or len(set(instructions)) != len(instructions):
         parser.error("--instruction texts must be non-empty and distinct")
@@ -81,6 +103,7 @@ def main(argv: list[str]) -> int:
               "episodes": args.episodes, "instructions": instructions, "image_size": [height, width],
               "clock": "wall" if args.wall_clock else "sim",
               "lockstep": not (args.wall_clock or args.free_running),
+              "policy_params": dict(args.policy_param),
               # closed-loop success through ROS depends on how busy the machine is: say how busy it was
               "load_average_1min_start": os.getloadavg()[0], "by_steps": {}}
     for steps in args.steps:
@@ -90,7 +113,8 @@ def main(argv: list[str]) -> int:
                                deterministic=args.deterministic, video_path=video, video_episodes=args.videos,
                                compressed_images=not args.raw_images, instruction=instructions[0],
                                sim_clock=not args.wall_clock,
-                               lockstep_timeout=0.0 if args.free_running else SessionConfig.lockstep_timeout)
+                               lockstep_timeout=0.0 if args.free_running else SessionConfig.lockstep_timeout,
+                               policy_params=dict(args.policy_param))
         started = time.monotonic()
         results = []
         try:
