@@ -59,7 +59,8 @@ def launch_setup(context):
         package="vla_ros", executable="arm_guard", name="arm_guard", **common,
         parameters=[
             PathJoinSubstitution([config, "config", "arm_guard.yaml"]),
-            {"profile": profile, "input_namespace": GUARD_INPUT, "use_sim_time": True},
+            {"profile": profile, "input_namespace": GUARD_INPUT, "use_sim_time": True,
+             "simulation_clock": True},
         ],
     )
     return [sim_node, arm_guard, policy_node]

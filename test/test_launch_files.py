@@ -201,8 +201,10 @@ def test_instruction_reaches_policy_node_as_a_string(path, instruction, monkeypa
 def test_robot_use_sim_time_is_an_argument(monkeypatch, tmp_path):
     path = ROOT / "launch" / "robot.launch.py"
     assert _overrides(_node(_launch(path, monkeypatch, tmp_path), "policy_node"))["use_sim_time"] is False
-    policy = _node(_launch(path, monkeypatch, tmp_path, use_sim_time="true"), "policy_node")
-    assert _overrides(policy)["use_sim_time"] is True
+    nodes = _launch(path, monkeypatch, tmp_path, use_sim_time="true")
+    assert _overrides(_node(nodes, "policy_node"))["use_sim_time"] is True
+    # a bag's /clock on a robot: the guard's timeouts stay on the monotonic clock
+    assert not _overrides(_node(nodes, "arm_guard")).get("simulation_clock", False)
 
 
 @pytest.mark.parametrize("real_time", ["true", "false"])
@@ -214,6 +216,7 @@ def test_sim_nodes_run_on_the_clock_sim_node_publishes(real_time, monkeypatch, t
     assert sim["lockstep_timeout"] > 0, "each step waits for the goal computed for it"
     for name in ("policy_node", "arm_guard"):
         assert _overrides(_node(nodes, name))["use_sim_time"] is True, name
+    assert _overrides(_node(nodes, "arm_guard"))["simulation_clock"] is True
     assert "use_sim_time" not in sim, "the clock's source must not wait for its own /clock"
 
 

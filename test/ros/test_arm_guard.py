@@ -256,10 +256,12 @@ def test_guard_refuses_out_of_limit_goals_and_over_cap_jumps_on_its_own(rig):
     assert not result.successful and "read-only" in result.reason
 
 
-def test_on_simulation_time_a_stalled_simulation_is_not_a_stopped_commander(rig):
-    """With use_sim_time the command timeout runs on /clock: while the simulation (and with it the
+@pytest.mark.parametrize("simulation_clock", [True, False])
+def test_on_simulation_time_a_stalled_simulation_is_not_a_stopped_commander(rig, simulation_clock):
+    """With simulation_clock the command timeout runs on /clock: while the simulation (and with it the
     commander's clock) stands still nothing times out; once it moves on without commands, the guard
-    holds and latches after command_timeout of simulation time."""
+    holds and latches after command_timeout of simulation time. use_sim_time alone (a bag on a
+    robot) keeps the timeout on the monotonic clock: a /clock that stops must not stop it."""
     sim = {"time": 100.0, "running": True}
     clock_pub = rig.probe.node.create_publisher(Clock, "/clock", 10)
 
@@ -269,7 +271,7 @@ def test_on_simulation_time_a_stalled_simulation_is_not_a_stopped_commander(rig)
             clock_pub.publish(Clock(clock=convert.seconds_to_time(sim["time"])))
 
     rig.probe.node.create_timer(DT, tick)
-    rig.start_guard(use_sim_time=True)
+    rig.start_guard(use_sim_time=True, simulation_clock=simulation_clock)
     upstream = make_sender(rig.probe.node, rig.profile, DT, GUARD_INPUT)
     rig.probe.wait_for_subscribers(upstream.publishers[0][0], 1, 10.0, rig.guard)
     commanding = rig.probe.node.create_timer(DT, lambda: upstream.send(rig.measured()))
@@ -279,6 +281,9 @@ def test_on_simulation_time_a_stalled_simulation_is_not_a_stopped_commander(rig)
     commanding.cancel()
     sim["running"] = False  # the simulation stalls; its commander's timer stops with it
     rig.probe.spin_for(1.0)  # ten command timeouts of wall time
+    if not simulation_clock:
+        assert rig.guard_state() == "latched", rig.values("arm_guard")
+        return
     assert rig.guard_state() == "armed", rig.values("arm_guard")
     sim["running"] = True  # simulated time moves on, and no command comes
     rig.wait_state("latched", timeout=5.0)

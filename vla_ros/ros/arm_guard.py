@@ -5,8 +5,8 @@ Upstream (policy_node with ``command_namespace:=/arm_guard/in``) publishes on
 receiver does, checks it against the profile's limits and per-tick caps (vla_ros.control.guard)
 and forwards it at once on the driver's own topic. A watchdog thread on the monotonic clock
 commands the measured pose when no valid command has arrived for ``command_timeout`` and then
-forwards nothing until ``~/rearm``. With use_sim_time (simulation) every duration runs on the
-simulation's clock instead. The e-stop (``/vla_ros/estop``, transient local, or
+forwards nothing until ``~/rearm``. With ``simulation_clock`` (simulation only) every duration
+runs on the simulation's /clock instead. The e-stop (``/vla_ros/estop``, transient local, or
 ``~/estop``) latches the same way and can also cut torque through the driver's service.
 
 The guard starts ``waiting``: the arms keep whatever goal their driver has, and the first
@@ -49,8 +49,8 @@ PARAMETERS = (
     ParamSpec("profile", "aloha_stationary", "robot profile: bundled name (config/<name>.yaml) or a YAML path"),
     ParamSpec("input_namespace", "/arm_guard/in", "upstream publishes on <input_namespace><driver topic> "
               "(policy_node's command_namespace)"),
-    ParamSpec("command_timeout", 0.1, "seconds without a valid command (monotonic clock; the simulation's "
-              "with use_sim_time) before the guard commands the measured pose and latches",
+    ParamSpec("command_timeout", 0.1, "seconds without a valid command (monotonic clock; /clock with "
+              "simulation_clock) before the guard commands the measured pose and latches",
               minimum=0.005, maximum=10.0),
     ParamSpec("rate", 0.0, "upstream control rate in Hz for the per-tick caps; 0 = the profile's",
               minimum=0.0, maximum=1000.0),
@@ -60,6 +60,9 @@ PARAMETERS = (
               "clock) is unknown: no hold is sent from it and re-arming is refused", minimum=0.001),
     ParamSpec("estop_torque_off", False, "interbotix interface: the e-stop also turns torque off (arm group "
               "and gripper) through each <driver_namespace>/torque_enable; the arms go limp"),
+    ParamSpec("simulation_clock", False, "simulation only, with use_sim_time: command_timeout and the joint-state "
+              "age run on /clock, so a stalled simulator is not taken for a stopped commander. Off (robot, also "
+              "with use_sim_time for a bag): always the monotonic clock"),
     ParamSpec("diagnostics_period", 1.0, "seconds between /diagnostics messages (also sent on every change)",
               minimum=0.05),
 )
@@ -83,10 +86,12 @@ class ArmGuard(Node):
                 raise ParameterError(f"parameter 'estop_torque_off': arms {missing} have no driver_namespace "
                                      f"in profile {profile.name}")
         self.dt = dt = 1.0 / (self.params["rate"] or profile.control_rate_hz)
-        # Every duration runs on the monotonic clock, except in a simulation (use_sim_time): there
-        # the simulation's clock, so that a simulator that stalls or runs slower than real time
-        # (and its commander with it) is not mistaken for a commander that stopped.
-        self.sim_time = bool(self.get_parameter("use_sim_time").value)
+        # Every duration runs on the monotonic clock, except in a simulation that asks for its own
+        # clock: a simulator that stalls or runs slower than real time (and its commander with it)
+        # is not a commander that stopped. Never on a robot: a /clock that stops would stop the timeout.
+        self.sim_time = self.params["simulation_clock"]
+        if self.sim_time and not self.get_parameter("use_sim_time").value:
+            raise ParameterError("parameter 'simulation_clock' needs use_sim_time:=true (the simulation's /clock)")
         self.guard = Guard(GuardLimits.from_profile(profile, dt, self.params["step_tolerance"]),
                            self.params["command_timeout"], self.params["max_joint_state_age"])
         self.lock = threading.Lock()

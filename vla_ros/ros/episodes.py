@@ -157,7 +157,8 @@ class SimSession:
                         "lockstep_timeout": cfg.lockstep_timeout if cfg.sim_clock else 0.0}))
             self.guard = self._stack.enter_context(NodeProcess(
                 node_command("arm_guard"), domain_id=self.domain, env=env,
-                params={"profile": cfg.profile, "input_namespace": GUARD_INPUT, "use_sim_time": cfg.sim_clock}))
+                params={"profile": cfg.profile, "input_namespace": GUARD_INPUT, "use_sim_time": cfg.sim_clock,
+                        "simulation_clock": cfg.sim_clock}))
             self.policy = self._stack.enter_context(NodeProcess(
                 node_command("policy_node"), domain_id=self.domain, env=env,
                 params={"profile": self._profile_for_policy(), "checkpoint": cfg.checkpoint,
