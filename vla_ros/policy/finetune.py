@@ -2,7 +2,7 @@
 
     vla-ros train --dataset DIR --output OUT [--config YAML | tiny] [--init CHECKPOINT]
                   [--backbone VLM_DIR [--backbone-assets DIR]] [--steps N] [--alpha A] [--resume]
-                  [--dataset DIR2 ... --dataset-weight W --dataset-weight W2 ...] [--delta-actions]
+                  [--dataset DIR2 ... --dataset-weight W --dataset-weight W2 ...] [--delta-actions] [--augment]
     torchrun --nproc-per-node K -m vla_ros.policy.finetune ...   (DDP or FSDP: nccl on CUDA, gloo on CPU)
 
 --backbone (model.backbone) starts from pretrained vision-language weights: a Hugging Face
@@ -630,6 +630,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--delta-actions", action=argparse.BooleanOptionalAction, default=None,
                         help="learn the arm joints' targets as offsets from the state, grippers absolute "
                              "(openpi's ALOHA convention; overrides model.delta_actions; default off)")
+    parser.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
+                        help="random crop, rotation and colour jitter of the training images with openpi's "
+                             "defaults (overrides data.augment; default off)")
     parser.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --output")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--threads", type=int, default=0,
@@ -657,6 +660,8 @@ def main(argv: list[str]) -> int:
             config["data"]["state_noise_std"] = args.state_noise_std
         if args.delta_actions is not None:
             config["model"]["delta_actions"] = args.delta_actions
+        if args.augment is not None:
+            config["data"]["augment"] = args.augment
         if args.seed is not None:
             config["model"]["seed"] = config["train"]["seed"] = config["data"]["split_seed"] = args.seed
         summary = run(args, config)
