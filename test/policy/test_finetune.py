@@ -159,7 +159,7 @@ def test_train_writes_a_checkpoint_the_runtime_loads(dataset, tmp_path, capsys):
 
 
 def test_image_augmentation_is_a_training_option(dataset, tmp_path, monkeypatch):
-    """data.augment reaches the batches: true trains with openpi's augmentation, off by default."""
+    """data.augment (or --augment) reaches the batches: true trains with openpi's augmentation, off by default."""
     seen = []
     original = finetune.DatasetSamples.__init__
 
@@ -168,10 +168,12 @@ def test_image_augmentation_is_a_training_option(dataset, tmp_path, monkeypatch)
         original(self, *args, **kwargs)
 
     monkeypatch.setattr(finetune.DatasetSamples, "__init__", spy)
-    for name, augment in (("off", None), ("on", True)):
+    # (config value, command-line flag): the flag overrides the config either way
+    for name, augment, flag in (("off", None, []), ("on", True, []), ("flag_on", None, ["--augment"]),
+                                ("flag_off", True, ["--no-augment"])):
         config = write_config(tmp_path / f"{name}.yaml", data={"held_out_episodes": 0, "augment": augment})
-        assert train(dataset, tmp_path / name, "--config", config, "--steps", "1", "--batch-size", "2") == 0
-    assert seen[0] is None and seen[1] is not None
+        assert train(dataset, tmp_path / name, "--config", config, "--steps", "1", "--batch-size", "2", *flag) == 0
+    assert seen[0] is None and seen[1] is not None and seen[2] is not None and seen[3] is None
 
 
 @pytest.mark.slow
