@@ -12,7 +12,7 @@ from rclpy.parameter import Parameter
 from rclpy.qos import QoSPresetProfiles, ReliabilityPolicy
 from std_msgs.msg import String
 
-from vla_ros.ros.params import ParameterError, ParamSpec, declare_parameters
+from vla_ros.ros.params import ParameterError, ParamSpec, declare_parameters, unknown_overrides
 from vla_ros.ros.qos import MatchedSubscription, image_qos, publisher_reliability, qos_profile, state_qos
 from vla_ros.ros.processes import ros_context
 
@@ -48,6 +48,19 @@ def test_defaults_and_descriptions(context):
 
 
 @pytest.mark.ros
+def test_misspelt_overrides_are_named(context):
+    """rclpy drops overrides of undeclared names silently; the node names them (and warns)."""
+    node = Node("params_under_test", context=context,
+                parameter_overrides=[Parameter("rate", value=20.0), Parameter("rtae", value=5.0),
+                                     Parameter("use_sim_time", value=False)])
+    try:
+        values = declare_parameters(node, SPECS)
+        assert values["rate"] == 20.0
+        assert unknown_overrides(node) == ["rtae"]
+    finally:
+        node.destroy_node()
+
+
 def test_int_accepted_for_float(context):
     values, _ = declare(context, rate=20)
     assert values["rate"] == 20.0 and isinstance(values["rate"], float)

@@ -80,6 +80,10 @@ def declare_parameters(node, specs: Sequence[ParamSpec],
         node.declare_parameter(spec.name, spec.default, descriptor)
         values[spec.name] = spec.validate(node.get_parameter(spec.name).value)
     by_name = {spec.name: spec for spec in specs}
+    unknown = unknown_overrides(node)
+    if unknown:
+        node.get_logger().warning(f"ignoring parameters this node does not have: {', '.join(unknown)} "
+                                  f"(misspelt? `ros2 param list {node.get_fully_qualified_name()}` lists its own)")
 
     def check(parameters) -> SetParametersResult:
         changes = {}
@@ -102,3 +106,13 @@ def declare_parameters(node, specs: Sequence[ParamSpec],
 
     node.add_on_set_parameters_callback(check)
     return values
+
+
+def unknown_overrides(node) -> list[str]:
+    """Names given to the node (command line, launch, parameter files) that it never declared.
+    rclpy ignores them silently, so a misspelt ``noise_corelation:=16.0`` would leave the default in
+    force. QoS overrides are rclpy's own. Reads rclpy's override table (the same attribute on
+    Humble, Jazzy and Kilted); an rclpy without it yields nothing rather than a failure."""
+    overrides = getattr(node, "_parameter_overrides", None) or {}
+    return sorted(name for name in overrides
+                  if not node.has_parameter(name) and not name.startswith("qos_overrides."))
