@@ -78,8 +78,11 @@ HANDOVER_STEP = 178
 RELEASE_STEP = 230
 RELEASE_TICKS = 20
 ARM_JOINT_INDICES = np.r_[0:6, 7:13]
-# Lift-and-place: how far the right arm lifts the cube, and the step at which it is back down.
+# Lift-and-place: how far the right arm lifts the cube (up, and toward its own side), the step at
+# which it is back down, and how far the left arm rises meanwhile (plan_lift_place says why).
 LIFT_PLACE_RISE = 0.10
+LIFT_PLACE_SHIFT = 0.06
+LIFT_PLACE_LEFT_RISE = 0.15
 PLACE_STEP = 210
 
 
@@ -222,26 +225,37 @@ def _pick_orientation(cube: np.ndarray, right_base) -> tuple[np.ndarray, np.ndar
 
 def plan_lift_place(cube_position, right_base, left_start: Waypoint, right_start: Waypoint) -> dict[str, list[Waypoint]]:
     """Timed waypoints for the other instruction of the scene: the right arm picks the cube as in
-    the transfer, lifts it LIFT_PLACE_RISE straight up, puts it back down where it was, opens
-    and backs up; the left arm stays where it starts. No pauses, for the reason given at
-    HANDOVER_STEP. The first 130 steps of the right arm are the transfer's: only the left arm
-    (still here, moving there) and the instruction tell the two apart early on."""
+    the transfer, lifts it LIFT_PLACE_RISE up and LIFT_PLACE_SHIFT toward its own side, puts it
+    back down where it was, opens and backs up; the left arm, clear of the cube, rises steadily
+    by LIFT_PLACE_LEFT_RISE until the right arm has backed up. No pauses, for the reason given
+    at HANDOVER_STEP. The first 130 steps of the right arm are the transfer's: only the left arm
+    (rising here, reaching there) and the instruction tell the two apart early on.
+
+    Why the left arm moves and the way up is not the way down: with a still left arm and a
+    straight lift, the state after the pick (right arm above the cube) equalled the state before
+    it up to the gripper, and nothing told a small policy which half of the episode it was in.
+    Trained so, it settled between the two poses with the gripper open and never grasped (0 of
+    25 episodes through ROS, docs/experiments.md). The transfer's left arm gives the same cue."""
     cube = np.asarray(cube_position, dtype=np.float64).copy()
     cube[2] = CUBE_HALF_SIZE
     pick, _ = _pick_orientation(cube, right_base)
     up = np.array([0.0, 0.0, 1.0])
+    toward_right = np.array([1.0, 0.0, 0.0])
     grasp = cube + 0.01 * up
+    backed_up = PLACE_STEP + 60
     right = [
         right_start,
         Waypoint(60, cube + 0.08 * up, pick, 1.0),
         Waypoint(100, grasp, pick, 1.0),
         Waypoint(130, grasp, pick, 0.0),  # closed
-        Waypoint(170, grasp + LIFT_PLACE_RISE * up, pick, 0.0),  # lifted
+        Waypoint(170, grasp + LIFT_PLACE_RISE * up + LIFT_PLACE_SHIFT * toward_right, pick, 0.0),  # lifted
         Waypoint(PLACE_STEP, grasp, pick, 0.0),  # back on the table
         Waypoint(PLACE_STEP + RELEASE_TICKS, grasp, pick, 1.0),  # released
-        Waypoint(PLACE_STEP + 60, cube + 0.1 * up, pick, 1.0),  # backed up
+        Waypoint(backed_up, cube + 0.1 * up, pick, 1.0),  # backed up
     ]
-    return {"left": [left_start], "right": right}
+    left_raised = Waypoint(backed_up, left_start.grasp_point + LIFT_PLACE_LEFT_RISE * up, left_start.rotation,
+                           left_start.gripper)
+    return {"left": [left_start, left_raised], "right": right}
 
 
 # ---------------------------------------------------------------------------------------------
