@@ -4,9 +4,14 @@ The backbone directories are real Hugging Face layouts written here with save_pr
 safetensors + index, tokenizer.json, preprocessor_config.json) from tiny configurations, with
 tokenizers trained in-process; a LeRobot SmolVLA checkpoint is written in SmolVLA's key layout."""
 
+import contextlib
 import hashlib
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -425,10 +430,6 @@ def test_the_committed_1p4b_measurement_leaves_out_exactly_the_embedding_table()
 # ---- FSDP under torchrun (gloo, CPU) -------------------------------------------------------------
 
 def test_fsdp_two_processes_on_gloo_shard_the_model_and_write_a_loadable_checkpoint(dataset, tmp_path):
-    import os
-    import subprocess
-    import sys
-
     out = tmp_path / "fsdp"
     config = write_config(tmp_path / "c.yaml", model={"lora": {"rank": 2}},
                           train={"distributed": "fsdp", "checkpoint_interval": 2, "lr": 1e-2, "warmup_steps": 0},
@@ -437,8 +438,7 @@ def test_fsdp_two_processes_on_gloo_shard_the_model_and_write_a_loadable_checkpo
                "-m", "vla_ros.policy.finetune", "--dataset", str(dataset), "--output", str(out), "--config", config,
                "--steps", "3", "--batch-size", "2", "--threads", "1", "--quiet"]
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env,
-                            cwd=Path(__file__).resolve().parents[2])
+    result = _run_process_group(command, env)
     assert result.returncode == 0, result.stderr[-3000:]
     summaries = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     assert len(summaries) == 1 and summaries[0]["distributed"] == "fsdp" and summaries[0]["world_size"] == 2
@@ -453,11 +453,24 @@ def test_fsdp_two_processes_on_gloo_shard_the_model_and_write_a_loadable_checkpo
     assert not any("lora_" in name for name, _ in policy.named_parameters())
     assert not torch.equal(trained, initial), "the trained adapters were folded into the saved weights"
     # the trainer state is sharded per process: resuming is refused in one line, on every rank
-    result = subprocess.run([*command, "--resume"], capture_output=True, text=True, timeout=300, env=env,
-                            cwd=Path(__file__).resolve().parents[2])
+    result = _run_process_group([*command, "--resume"], env)
     assert result.returncode != 0 and "--resume is not supported with train.distributed: fsdp" in result.stderr
     # (torchrun itself prints a traceback of its agent when a worker exits non-zero; none is ours)
     assert not [line for line in result.stderr.splitlines() if 'File "' in line and "vla_ros" in line]
+
+
+def _run_process_group(command: list[str], env: dict, timeout: float = 300.0):
+    """subprocess.run in a session of its own: a timeout (or pytest's) kills torchrun's workers
+    too, which a plain kill of torchrun leaves running."""
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                               cwd=Path(__file__).resolve().parents[2], start_new_session=True)
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)  # whatever of the group is still running
+        process.wait()
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
 
 
 def _lora_tiny():
