@@ -235,7 +235,7 @@ def plan_lift_place(cube_position, right_base, left_start: Waypoint, right_start
     straight lift, the state after the pick (right arm above the cube) equalled the state before
     it up to the gripper, and nothing told a small policy which half of the episode it was in.
     Trained so, it settled between the two poses with the gripper open and never grasped (0 of
-    25 episodes through ROS, docs/experiments.md). The transfer's left arm gives the same cue."""
+    50 episodes through ROS, docs/experiments.md). The transfer's left arm gives the same cue."""
     cube = np.asarray(cube_position, dtype=np.float64).copy()
     cube[2] = CUBE_HALF_SIZE
     pick, _ = _pick_orientation(cube, right_base)
