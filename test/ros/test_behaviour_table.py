@@ -6,7 +6,7 @@ from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
 
 from vla_ros.ros import sim_eval
 from vla_ros.ros.episodes import (EpisodeResult, completed_behaviours, confusion_table, format_confusion_table,
-                                  summarize, wilson_interval)
+                                  guard_counts_since, summarize, wilson_interval)
 from vla_ros.sim.behaviours import LIFT_PLACE, NONE, TRANSFER
 
 HAND_OVER, LIFT = "transfer the cube to the left arm", "lift the cube with the right arm and put it back down"
@@ -31,6 +31,19 @@ def test_each_episode_counts_once_in_its_instructions_row():
     text = format_confusion_table(table)
     assert text.splitlines()[0] == "| instruction given | transfer | lift_place | none |"
     assert f"| {LIFT} | 1/4 = 25% " in text and "3/4 = 75% (30-95%)" in text
+
+
+def test_each_episode_reports_what_the_guard_counted_during_it():
+    """The guard's counters are cumulative over the session; each episode reports its own growth."""
+    first, second, third = episode(0, HAND_OVER, TRANSFER), episode(1, HAND_OVER, NONE), episode(2, HAND_OVER, NONE)
+    first.guard = {"state": "latched", "count:forwarded": 800, "count:latches:timeout": 1}
+    second.guard = {"state": "latched", "count:forwarded": 1000, "count:latches:timeout": 2,
+                    "count:refused:latched": 350}  # latched mid-episode: the rest was refused
+    third.guard = {"state": "latched", "count:forwarded": 1800, "count:latches:timeout": 3,
+                   "count:refused:latched": 350}
+    assert guard_counts_since(first, None) == {"forwarded": 800, "latches:timeout": 1}
+    assert guard_counts_since(second, first) == {"forwarded": 200, "latches:timeout": 1, "refused:latched": 350}
+    assert summarize([first, second, third])["per_episode"][2]["guard"] == {"forwarded": 800, "latches:timeout": 1}
 
 
 def test_wilson_interval_matches_known_values():

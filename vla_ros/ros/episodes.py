@@ -400,7 +400,21 @@ def summarize(results: list[EpisodeResult]) -> dict:
         # one timeout latch per episode is the stop after each disarm.
         "guard": {k.split(":", 1)[1]: v for k, v in guard.items() if k.startswith("count:")}
                  | {"invalid_commands": guard.get("invalid_commands", 0)},
-        # policy_instruction: the instruction policy_node reported in use at the end of the episode
-        "per_episode": [asdict(r) | {"diagnostics": None, "guard": None,
-                                     "policy_instruction": r.diagnostics.get("instruction")} for r in results],
+        # policy_instruction: the instruction policy_node reported in use at the end of the episode;
+        # guard: what arm_guard counted since the previous episode's end (e.g. a latch mid-episode
+        # shows as refused:latched in the episode it cost, beside its success)
+        "per_episode": [asdict(r) | {"diagnostics": None, "guard": guard_counts_since(r, previous),
+                                     "policy_instruction": r.diagnostics.get("instruction")}
+                        for r, previous in zip(results, [None, *results[:-1]])],
     }
+
+
+def guard_counts_since(result: EpisodeResult, previous: EpisodeResult | None) -> dict[str, int]:
+    """arm_guard's counters (forwarded, refused:<why>, latches:<why>, holds, rearms) that grew
+    between the end of `previous` (or the session's start) and the end of `result`."""
+    def counts(episode: EpisodeResult | None) -> dict[str, float]:
+        guard = episode.guard if episode is not None else {}
+        return {k.split(":", 1)[1]: float(v) for k, v in guard.items() if k.startswith("count:")}
+
+    now, before = counts(result), counts(previous)
+    return {name: int(value - before.get(name, 0)) for name, value in now.items() if value > before.get(name, 0)}
