@@ -382,7 +382,7 @@ def summarize(results: list[EpisodeResult]) -> dict:
     interval = wilson_interval(k, n)
     last = results[-1].diagnostics if results else {}
     guard = results[-1].guard if results else {}
-    interventions = {k.split(":", 1)[1]: v for k, v in last.items() if k.startswith("interventions:")}
+    interventions = _prefixed(last, "interventions:")
     times = [r.time_to_success_s for r in results if r.time_to_success_s is not None]
     return {
         "episodes": n,
@@ -398,8 +398,7 @@ def summarize(results: list[EpisodeResult]) -> dict:
         "safety_interventions": interventions,
         # arm_guard's counters over the session (forwarded, refused:<why>, latches:<why>, holds):
         # one timeout latch per episode is the stop after each disarm.
-        "guard": {k.split(":", 1)[1]: v for k, v in guard.items() if k.startswith("count:")}
-                 | {"invalid_commands": guard.get("invalid_commands", 0)},
+        "guard": _prefixed(guard, "count:") | {"invalid_commands": guard.get("invalid_commands", 0)},
         # policy_instruction: the instruction policy_node reported in use at the end of the episode;
         # guard: what arm_guard counted since the previous episode's end (e.g. a latch mid-episode
         # shows as refused:latched in the episode it cost, beside its success)
@@ -412,9 +411,11 @@ def summarize(results: list[EpisodeResult]) -> dict:
 def guard_counts_since(result: EpisodeResult, previous: EpisodeResult | None) -> dict[str, int]:
     """arm_guard's counters (forwarded, refused:<why>, latches:<why>, holds, rearms) that grew
     between the end of `previous` (or the session's start) and the end of `result`."""
-    def counts(episode: EpisodeResult | None) -> dict[str, float]:
-        guard = episode.guard if episode is not None else {}
-        return {k.split(":", 1)[1]: float(v) for k, v in guard.items() if k.startswith("count:")}
-
-    now, before = counts(result), counts(previous)
+    now = _prefixed(result.guard, "count:")
+    before = _prefixed(previous.guard, "count:") if previous is not None else {}
     return {name: int(value - before.get(name, 0)) for name, value in now.items() if value > before.get(name, 0)}
+
+
+def _prefixed(values: dict, prefix: str) -> dict:
+    """The entries of a diagnostics dict whose keys start with `prefix`, keyed without it."""
+    return {k[len(prefix):]: v for k, v in values.items() if k.startswith(prefix)}
