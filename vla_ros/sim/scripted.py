@@ -43,7 +43,7 @@ from gym_aloha.tasks import sim as joint_sim
 from gym_aloha.tasks.sim_end_effector import TransferCubeEndEffectorTask
 from gym_aloha.utils import sample_box_pose
 
-from vla_ros.sim.behaviours import BEHAVIOURS, LIFT_PLACE, TRANSFER, BehaviourMonitor
+from vla_ros.sim.behaviours import BEHAVIOURS, TRANSFER, BehaviourMonitor
 
 END_EFFECTOR_XML = ASSETS_DIR / "bimanual_viperx_end_effector_transfer_cube.xml"
 JOINT_XML = ASSETS_DIR / "bimanual_viperx_transfer_cube.xml"
@@ -58,6 +58,7 @@ ARM_NAMES = ("left", "right")
 GRASP_POINT_DEPTH = 0.13
 # Where the cube changes hands, above the table centre and within reach of both arms.
 MEETING_POINT = np.array([0.0, 0.5, 0.25])
+UP, TOWARD_RIGHT = np.array([0.0, 0.0, 1.0]), np.array([1.0, 0.0, 0.0])  # world directions
 # The package's welds (solimp 0.25) are so soft that gravity and the arms' inertia leave a grasp
 # point centimetres from its mocap target and make it overshoot; the plan runs with stiff ones.
 WELD_SOLIMP = [0.95, 0.99, 0.001]
@@ -190,27 +191,25 @@ def plan_transfer_cube(
     pick, pitch_down = _pick_orientation(cube, right_base)
     level_rolled = _axis_angle([1.0, 0.0, 0.0], 90.0)
     meet = MEETING_POINT
-    up = np.array([0.0, 0.0, 1.0])
-    toward_right = np.array([1.0, 0.0, 0.0])
-    grasp_height = 0.01 * up  # keeps the fingertips off the table
+    grasp_height = 0.01 * UP  # keeps the fingertips off the table
 
     right = [
         right_start,
-        Waypoint(60, cube + 0.08 * up, pick, 1.0),  # above the cube, open
+        Waypoint(60, cube + 0.08 * UP, pick, 1.0),  # above the cube, open
         Waypoint(100, cube + grasp_height, pick, 1.0),  # fingers around the cube
         Waypoint(130, cube + grasp_height, pick, 0.0),  # closed
         Waypoint(175, meet, pitch_down, 0.0),  # cube at the meeting point
         Waypoint(RELEASE_STEP, meet, pitch_down, 0.0),
         Waypoint(RELEASE_STEP + RELEASE_TICKS, meet, pitch_down, 1.0),  # released
-        Waypoint(RELEASE_STEP + 60, meet + 0.1 * toward_right + 0.03 * up, pitch_down, 1.0),  # backed away
+        Waypoint(RELEASE_STEP + 60, meet + 0.1 * TOWARD_RIGHT + 0.03 * UP, pitch_down, 1.0),  # backed away
     ]
     left = [
         left_start,
-        Waypoint(HANDOVER_STEP, meet - 0.12 * toward_right, level_rolled, 1.0),  # open, beside the meeting point
-        Waypoint(HANDOVER_STEP + 30, handover - 0.005 * toward_right, level_rolled, 1.0),  # fingers around the cube
-        Waypoint(RELEASE_STEP, handover - 0.005 * toward_right, level_rolled, 0.0),  # closed
-        Waypoint(RELEASE_STEP + RELEASE_TICKS, handover - 0.005 * toward_right, level_rolled, 0.0),
-        Waypoint(RELEASE_STEP + 60, handover - 0.06 * toward_right + 0.02 * up, level_rolled, 0.0),  # carried away
+        Waypoint(HANDOVER_STEP, meet - 0.12 * TOWARD_RIGHT, level_rolled, 1.0),  # open, beside the meeting point
+        Waypoint(HANDOVER_STEP + 30, handover - 0.005 * TOWARD_RIGHT, level_rolled, 1.0),  # fingers around the cube
+        Waypoint(RELEASE_STEP, handover - 0.005 * TOWARD_RIGHT, level_rolled, 0.0),  # closed
+        Waypoint(RELEASE_STEP + RELEASE_TICKS, handover - 0.005 * TOWARD_RIGHT, level_rolled, 0.0),
+        Waypoint(RELEASE_STEP + 60, handover - 0.06 * TOWARD_RIGHT + 0.02 * UP, level_rolled, 0.0),  # carried away
     ]
     return {"left": left, "right": right}
 
@@ -239,21 +238,19 @@ def plan_lift_place(cube_position, right_base, left_start: Waypoint, right_start
     cube = np.asarray(cube_position, dtype=np.float64).copy()
     cube[2] = CUBE_HALF_SIZE
     pick, _ = _pick_orientation(cube, right_base)
-    up = np.array([0.0, 0.0, 1.0])
-    toward_right = np.array([1.0, 0.0, 0.0])
-    grasp = cube + 0.01 * up
+    grasp = cube + 0.01 * UP
     backed_up = PLACE_STEP + 60
     right = [
         right_start,
-        Waypoint(60, cube + 0.08 * up, pick, 1.0),
+        Waypoint(60, cube + 0.08 * UP, pick, 1.0),
         Waypoint(100, grasp, pick, 1.0),
         Waypoint(130, grasp, pick, 0.0),  # closed
-        Waypoint(170, grasp + LIFT_PLACE_RISE * up + LIFT_PLACE_SHIFT * toward_right, pick, 0.0),  # lifted
+        Waypoint(170, grasp + LIFT_PLACE_RISE * UP + LIFT_PLACE_SHIFT * TOWARD_RIGHT, pick, 0.0),  # lifted
         Waypoint(PLACE_STEP, grasp, pick, 0.0),  # back on the table
         Waypoint(PLACE_STEP + RELEASE_TICKS, grasp, pick, 1.0),  # released
-        Waypoint(backed_up, cube + 0.1 * up, pick, 1.0),  # backed up
+        Waypoint(backed_up, cube + 0.1 * UP, pick, 1.0),  # backed up
     ]
-    left_raised = Waypoint(backed_up, left_start.grasp_point + LIFT_PLACE_LEFT_RISE * up, left_start.rotation,
+    left_raised = Waypoint(backed_up, left_start.grasp_point + LIFT_PLACE_LEFT_RISE * UP, left_start.rotation,
                            left_start.gripper)
     return {"left": [left_start, left_raised], "right": right}
 
