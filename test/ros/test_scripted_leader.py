@@ -65,7 +65,8 @@ def running(domain):
         for arm in PROFILE.arms:
             probe.subscribe(JointState, arm.leader_joint_states_topic)
         probe.subscribe(Bool, "/scripted_leader/done")
-        probe.wait_for_messages(PROFILE.arms[0].leader_joint_states_topic, 3, STARTUP_TIMEOUT, node)
+        for arm in PROFILE.arms:  # each subscription is matched on its own
+            probe.wait_for_messages(arm.leader_joint_states_topic, 3, STARTUP_TIMEOUT, node)
         yield node, probe
 
 

@@ -46,6 +46,8 @@ def start_probe(probe, node, profile):
         for pub in publishers:
             probe.wait_for_subscribers(pub, 1, STARTUP_TIMEOUT, node)
     probe.wait_for_messages(CAMERA.topic, 3, STARTUP_TIMEOUT, node)
+    for arm in profile.arms:  # each subscription is matched on its own; a camera frame says nothing of them
+        probe.wait_for_messages(arm.joint_states_topic, 1, STARTUP_TIMEOUT, node)
 
 
 @pytest.fixture(scope="module")
@@ -286,7 +288,7 @@ def test_lockstep_steps_once_per_complete_command_while_commanded(ros_domain):
     params = {"publish_clock": True, "image_width": WIDTH, "image_height": HEIGHT,
               "gripper_operating_mode": "current_based_position", "diagnostics_period": 0.1}
 
-    def steps_per_command(lockstep_timeout: float) -> tuple[float, dict]:
+    def steps_per_command(lockstep_timeout: float) -> tuple[list[int], dict]:
         with NodeProcess(module_command("vla_ros.ros.sim_node"), {**params, "lockstep_timeout": lockstep_timeout},
                          PARAMS_FILE, domain_id=ros_domain) as node, \
                 ros_context(ros_domain) as context, Probe(context) as probe:
@@ -296,25 +298,29 @@ def test_lockstep_steps_once_per_complete_command_while_commanded(ros_domain):
             for _ in range(3):  # the stream is live from here on
                 probe.sender.send(pose)
                 probe.spin_for(0.1)
-            before, sent = len(clocks), 10
-            for _ in range(sent):
+            counts = [len(clocks)]
+            for _ in range(10):
                 probe.sender.send(pose)
                 probe.spin_for(0.1)  # a commander five times slower than the simulation
-            stepped = (len(clocks) - before) / sent
-            probe.spin_for(1.5)  # commands stopped: free running again
+                counts.append(len(clocks))
+            per_command = np.diff(counts).tolist()
+            probe.spin_for(lockstep_timeout + 1.0)  # commands stopped: free running again
             free = len(clocks)
             probe.spin_for(0.5)
             assert len(clocks) - free > 10, "the simulation kept waiting after the commands stopped"
             values = diagnostics(probe)
             assert node.stop() == 0, node.report()
-            return stepped, values
+            return per_command, values
 
-    stepped, values = steps_per_command(0.5)
+    # The median over the commands: one late match of a subscription or a commander stalled by a busy
+    # machine lets the simulation run freely for a moment (a lockstep timeout), as it should.
+    per_command, values = steps_per_command(0.5)
     keys = ("accepted_commands", "rejected_commands", "last_rejection", "steps_without_new_goal", "lockstep_timeouts")
-    assert 0.5 <= stepped <= 1.5, (stepped, {k: values.get(k) for k in keys})
+    report = f"steps after each command {per_command}; {[(k, values.get(k)) for k in keys]}"
+    assert 0.5 <= np.median(per_command) <= 1.5, report
     assert int(values["accepted_commands"]) >= 4 * 13 and values["rejected_commands"] == "0", values
-    stepped, values = steps_per_command(0.0)
-    assert stepped >= 3, (stepped, {k: values.get(k) for k in keys})
+    per_command, values = steps_per_command(0.0)
+    assert np.median(per_command) >= 3, f"steps after each command {per_command}; {values}"
 
 
 def test_transfer_cube_scene_publishes_which_behaviours_completed(ros_domain):
