@@ -144,3 +144,22 @@ def test_noise_options_change_the_chunk_and_deterministic_mode_ignores_them(chec
     assert np.array_equal(_runtime(checkpoint, noise_scale=0.0).predict(images, state), zero)
     assert np.array_equal(_runtime(checkpoint, deterministic=True, noise_scale=3.0, noise_correlation=4.0,
                                    noise_per_episode=True).predict(images, state), zero)
+
+
+def test_a_runtime_uses_the_correlation_its_checkpoint_recommends_unless_told_otherwise(tmp_path):
+    """A checkpoint's recommended_noise_correlation is the runtime's default; an explicit value
+    (0 included: white noise) overrides it, and a bad recommendation is refused at load."""
+    policy = build_random_policy("tiny", load_profile("aloha_sim"), ("cam_high",), seed=4)
+    policy.config.recommended_noise_correlation = 8.0
+    checkpoint = save_checkpoint(policy, tmp_path / "recommends")
+    assert _runtime(checkpoint).initial_noise.correlation == 8.0
+    assert _runtime(checkpoint, noise_correlation=0.0).initial_noise.correlation == 0.0
+    assert _runtime(checkpoint, noise_correlation=3.0).initial_noise.correlation == 3.0
+    images, state = _observation()
+    assert np.array_equal(_runtime(checkpoint).predict(images, state),
+                          _runtime(checkpoint, noise_correlation=8.0).predict(images, state))
+    config = tmp_path / "recommends" / "config.json"
+    config.write_text(config.read_text().replace('"recommended_noise_correlation": 8.0',
+                                                 '"recommended_noise_correlation": -2.0'))
+    with pytest.raises(Exception, match="recommended_noise_correlation must be"):
+        PolicyRuntime(checkpoint)

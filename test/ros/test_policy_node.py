@@ -45,6 +45,9 @@ def assets(tmp_path_factory):
     }))
     profile = load_profile(profile_path)
     good = save_checkpoint(build_random_policy("tiny", profile, seed=0), root / "good")
+    recommends = build_random_policy("tiny", profile, seed=0)
+    recommends.config.recommended_noise_correlation = 8.0
+    save_checkpoint(recommends, root / "recommends_correlation")
     bad = {}
     for name, value in (("nan", float("nan")), ("huge", 1e6)):
         policy = load_checkpoint(good)
@@ -360,11 +363,28 @@ def test_mismatched_checkpoint_refuses_to_arm(session_factory, assets):
     assert s.node.alive()
 
 
+def test_decodes_with_the_checkpoints_noise_unless_the_parameter_overrides_it(session_factory, assets):
+    """noise_correlation -1 (the default) takes the checkpoint's recommendation; the diagnostics
+    say what the node decodes with."""
+    checkpoint = str(Path(assets["good"]).parent / "recommends_correlation")
+
+    def decoding(**params) -> dict:
+        session = session_factory(**params)
+        values = session.latest()
+        assert session.node.stop() == 0  # one node on the domain at a time: its diagnostics alone
+        return {key: values.get(key) for key in ("noise_correlation", "decode_steps")}
+
+    assert decoding(checkpoint=checkpoint) == {"noise_correlation": "8.0", "decode_steps": "1"}
+    assert decoding(checkpoint=checkpoint, noise_correlation=0.0)["noise_correlation"] == "0.0"
+    assert decoding()["noise_correlation"] == "0.0"  # a checkpoint that recommends none: white noise
+
+
 @pytest.mark.parametrize("params, message", [
     ({"profile": "no_such_robot"}, "file not found"),
     ({"chunk_blend": "average"}, "'chunk_blend' must be one of"),
     ({"control_rate_hz": -5.0}, "'control_rate_hz' must be >= 0"),
     ({"noise_scale": -1.0}, "'noise_scale' must be >= 0"),
+    ({"noise_correlation": -2.0}, "'noise_correlation' must be >= -1"),
 ])
 def test_bad_configuration_exits_with_a_clear_message(ros_domain, params, message):
     node = NodeProcess(module_command("vla_ros.ros.policy_node"), params=params, domain_id=ros_domain)

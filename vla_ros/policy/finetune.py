@@ -78,7 +78,8 @@ CONFIG_FILE = "train_config.json"
 # What a named config (`--config tiny`) means; config/train_tiny.yaml documents each knob.
 DEFAULTS: dict = {
     "model": {"config": "tiny", "profile": "aloha_sim", "cameras": None, "alpha": 4.0, "horizon": None,
-              "normalization": "mean_std", "recommended_steps": 1, "seed": 0, "camera_crops": None,
+              "normalization": "mean_std", "recommended_steps": 1, "recommended_noise_correlation": 0.0,
+              "seed": 0, "camera_crops": None,
               "backbone": None, "backbone_assets": None, "num_lm_layers": None, "max_text_tokens": None,
               "head": None, "freeze": "none", "train_embeddings": False, "lora": None,
               "gradient_checkpointing": False, "image_fit": None, "delta_actions": None},
@@ -195,6 +196,7 @@ def _with_training_settings(policy: VLAPolicy, stats: NormStats, model: dict, in
     checkpoint keeps its head weights, so its horizon and normalisation mode must stay."""
     values = policy.config.to_dict()
     values.update(alpha=float(model["alpha"]), recommended_steps=int(model["recommended_steps"]),
+                  recommended_noise_correlation=float(model["recommended_noise_correlation"]),
                   camera_crops=camera_crops, delta_actions=list(delta_actions))
     horizon = int(model["horizon"] or policy.config.horizon)
     if init:

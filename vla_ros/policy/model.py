@@ -62,6 +62,9 @@ class PolicyConfig:
     alpha: float = 4.0
     beta: tuple[float, float] | None = None
     recommended_steps: int = 1
+    # Correlation length (horizon steps) of the initial noise that runtimes use unless told
+    # otherwise (vla_ros.policy.noise); 0: white noise, as every checkpoint was decoded before.
+    recommended_noise_correlation: float = 0.0
     robot_profile: str = ""
     normalization: str = "mean_std"
     # Action dims learned as offsets from the state dim of the same name (vla_ros.policy.delta);
@@ -96,6 +99,9 @@ class PolicyConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 problems.append(f"{name} must be a positive integer, got {value!r}")
+        correlation = self.recommended_noise_correlation
+        if isinstance(correlation, bool) or not isinstance(correlation, (int, float)) or not 0 <= correlation < 1e6:
+            problems.append(f"recommended_noise_correlation must be a number of horizon steps >= 0, got {correlation!r}")
         if not (isinstance(self.alpha, (int, float)) and self.alpha >= 1.0):
             problems.append(f"alpha (time shift) must be >= 1, got {self.alpha!r}")
         if self.beta is not None and (len(self.beta) != 2 or min(self.beta) <= 0):

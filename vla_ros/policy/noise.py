@@ -3,7 +3,8 @@
 One-step decoding returns a_hat = e + v(e, 0, c). A perfect model would cancel e entirely (at t = 0
 the best velocity is E[a | c] - e), but a trained one lets part of it through, and white noise
 along the chunk's time axis leaks through as tick-to-tick jitter (docs/experiments.md, "Smoothness
-of one-step chunks"). Three checkpoint-independent options change what the head starts from:
+of one-step chunks"). Three options change what the head starts from; a checkpoint may recommend a
+correlation (PolicyConfig.recommended_noise_correlation), which runtimes use unless told otherwise:
 
 - scale (temperature): e = scale * z. 1 is the training distribution, 0 is deterministic decoding.
 - correlation (horizon steps): z is smooth along the horizon, with a squared-exponential kernel

@@ -192,7 +192,7 @@ def summarize(episodes: list[dict], demonstrations: list[dict]) -> dict:
 
 
 def rollout(checkpoint, episodes: int = 10, seed: int = 1000, chunk_blend: str = "ensemble",
-            deterministic: bool = False, noise_scale: float = 1.0, noise_correlation: float = 0.0,
+            deterministic: bool = False, noise_scale: float = 1.0, noise_correlation: float | None = None,
             noise_per_episode: bool = False, runtime_seed: int = 0, demonstrations: bool = True,
             max_ticks: int = EPISODE_LEN, soft_start_time: float = ControllerConfig.soft_start_time,
             progress=None, latency_ticks: int = 0) -> dict:
@@ -255,8 +255,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--chunk-blend", default="ensemble", choices=BLEND_MODES)
     parser.add_argument("--deterministic", action="store_true", help="decode from zero noise")
     parser.add_argument("--noise-scale", type=float, default=1.0, help="initial noise temperature (1: as trained)")
-    parser.add_argument("--noise-correlation", type=float, default=0.0,
-                        help="correlation length of the noise along the horizon, in steps (0: white)")
+    parser.add_argument("--noise-correlation", type=float, default=None,
+                        help="correlation length of the noise along the horizon, in steps (0: white; "
+                             "default: the checkpoint's recommended_noise_correlation)")
     parser.add_argument("--noise-per-episode", action="store_true", help="one noise draw per episode")
     parser.add_argument("--runtime-seed", type=int, default=0, help="seed of the runtime's noise generator")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (policy_node's default: 1)")

@@ -6,7 +6,8 @@ and runs 1 (default: the checkpoint's recommended count) or N Euler steps of the
 it. Deterministic mode starts from zero noise (replay comparisons, tests); otherwise the noise
 comes from the runtime's own seeded generator, written into a preallocated buffer and shaped by the
 sampling options of vla_ros.policy.noise (scale, correlation along the horizon, one draw per
-episode; the defaults draw fresh white noise every call, as before the options existed).
+episode). By default every call draws fresh noise with the correlation the checkpoint recommends
+(white noise for checkpoints that recommend none, as before the options existed).
 
 On CUDA the model runs in bfloat16 (the normaliser stays float32), and the fixed-shape part
 (pixels + tokens + state + noise -> actions) is compiled with torch.compile(mode="reduce-overhead"),
@@ -43,11 +44,12 @@ class PolicyRuntime:
                  steps: int | None = None, deterministic: bool = False, seed: int = 0,
                  dtype: torch.dtype | None = None, compile: bool | None = None,
                  profile: RobotProfile | None = None, pad_text: bool | None = None, noise_scale: float = 1.0,
-                 noise_correlation: float = 0.0, noise_per_episode: bool = False):
+                 noise_correlation: float | None = None, noise_per_episode: bool = False):
         """profile: if given, refuse a checkpoint that does not fit that robot (dims, cameras).
         dtype/compile default to bfloat16 + compiled on CUDA, float32 + eager elsewhere.
         pad_text: keep the instruction padded to max_text_tokens (default: only when compiled).
-        noise_*: the sampling options of vla_ros.policy.noise.InitialNoise (ignored when deterministic)."""
+        noise_*: the sampling options of vla_ros.policy.noise.InitialNoise (ignored when deterministic);
+        noise_correlation None: the checkpoint's recommended_noise_correlation."""
         self.checkpoint_dir = Path(checkpoint_dir)
         policy = checkpoints.load_checkpoint(self.checkpoint_dir, profile=profile)
         self._setup(policy, device, steps, deterministic, seed, dtype, compile, pad_text,
@@ -57,7 +59,7 @@ class PolicyRuntime:
     def from_policy(cls, policy: VLAPolicy, device: str | torch.device = "cpu", steps: int | None = None,
                     deterministic: bool = False, seed: int = 0, dtype: torch.dtype | None = None,
                     compile: bool | None = None, pad_text: bool | None = None, noise_scale: float = 1.0,
-                    noise_correlation: float = 0.0, noise_per_episode: bool = False) -> "PolicyRuntime":
+                    noise_correlation: float | None = None, noise_per_episode: bool = False) -> "PolicyRuntime":
         """A runtime around an in-memory policy (benchmarks, training-time evaluation); the
         runtime takes the policy over: it is moved to `device` and its backbone/head cast to dtype."""
         runtime = cls.__new__(cls)
@@ -79,7 +81,10 @@ class PolicyRuntime:
         self.policy.head.to(self.dtype)
         self._lock = threading.Lock()
         self._generator = torch.Generator(self.device).manual_seed(seed)
-        self.initial_noise = InitialNoise(self._generator, *noise_options)
+        scale, correlation, per_episode = noise_options
+        if correlation is None:
+            correlation = self.config.recommended_noise_correlation
+        self.initial_noise = InitialNoise(self._generator, scale, correlation, per_episode)
         self._pin = cuda
         config = self.config
         self._noise = torch.zeros(1, config.horizon, config.action_dim, device=self.device)

@@ -51,8 +51,9 @@ PARAMETERS = (
     ParamSpec("deterministic", False, "zero initial noise: reproducible chunks (replay comparisons)"),
     ParamSpec("noise_scale", 1.0, "initial noise temperature: the sampled noise times this (1: as trained); "
               "docs/experiments.md 'Smoothness of one-step chunks'", minimum=0.0, maximum=10.0),
-    ParamSpec("noise_correlation", 0.0, "correlation length of the initial noise along the chunk's horizon, in "
-              "steps (squared-exponential kernel, unit variance); 0: white noise", minimum=0.0, maximum=1000.0),
+    ParamSpec("noise_correlation", -1.0, "correlation length of the initial noise along the chunk's horizon, in "
+              "steps (squared-exponential kernel, unit variance); 0: white noise; < 0 (-1): the "
+              "checkpoint's recommended_noise_correlation", minimum=-1.0, maximum=1000.0),
     ParamSpec("noise_per_episode", False, "draw the initial noise once per enable and reuse it for every chunk"),
     ParamSpec("dry_run", False, "publish commands under ~/dry_run/<the driver's topic> instead of to the arms "
               "(no tracking bound: the arms do not follow); can change only while disarmed", live=True),
@@ -194,7 +195,8 @@ class PolicyNode(Node):
                                         steps=self.params["steps"] or None,
                                         deterministic=self.params["deterministic"],
                                         noise_scale=self.params["noise_scale"],
-                                        noise_correlation=self.params["noise_correlation"],
+                                        noise_correlation=(None if self.params["noise_correlation"] < 0
+                                                           else self.params["noise_correlation"]),
                                         noise_per_episode=self.params["noise_per_episode"])
             else:
                 runtime = runtime_factory(self.params)
@@ -507,6 +509,8 @@ class PolicyNode(Node):
             "timer_jitter_ms_p99": _percentile(intervals_ms, 99),
             "last_input_error": last_error,
         })
+        if self.runtime is not None:  # how it decodes: the checkpoint's recommendations unless overridden
+            values.update(decode_steps=self.runtime.steps, **self.runtime.initial_noise.describe())
         for name, stamp in {**{f"age_joint_states:{k}": v for k, v in joint_stamps.items()},
                             **{f"age_camera:{k}": v for k, v in camera_stamps.items()}}.items():
             values[name] = float("inf") if stamp is None else now - stamp
