@@ -48,6 +48,10 @@ def test_decodes_as_in_the_best_cell_of_the_table_and_records_its_provenance(run
     config = runtime.policy.config
     assert config.alpha == 4.0 and config.recommended_steps == 1
     assert "41/50" in config.extra["sim_eval"]
+    # Decoded from noise correlated along the horizon, as measured smoother and no less successful
+    # through ROS (docs/experiments.md, "Smoothness of one-step chunks").
+    assert config.recommended_noise_correlation == 16.0 and "43/50" in config.extra["sampling"]
+    assert runtime.initial_noise.correlation == 16.0
     training = config.extra["training"]
     assert training["camera_image_sizes"] == {"cam_high": [240, 320]}
     assert config.camera_crops == {"cam_high": (0.375, 0.4125, 0.4, 0.3)}
