@@ -182,12 +182,16 @@ def test_recorded_motion_commands_are_played_only_when_asked(tmp_path, ros_domai
             writer.write("/follower_left/arm_controller/joint_trajectory", t_ns,
                          writer.joint_trajectory(["waist"], [[0.1 * k]], [0.02], t_ns))
             writer.write("/chatter", t_ns, writer.string_msg(f"tick {k}"))
-    params = {"bag": str(bag_path), "rate": 0.0, "start_delay": 1.0, "exit_on_end": False,
+    params = {"bag": str(bag_path), "rate": 0.0, "start_paused": True, "exit_on_end": False,
               "publish_commands": publish_commands}
+    command_topic = "/follower_left/arm_controller/joint_trajectory"
     with player(params, ros_domain) as process, ros_context(ros_domain) as context, Probe(context) as probe:
-        commands = probe.subscribe(JointTrajectory, "/follower_left/arm_controller/joint_trajectory",
-                                   qos_profile("reliable", 100))
+        commands = probe.subscribe(JointTrajectory, command_topic, qos_profile("reliable", 100))
         chatter = probe.subscribe(String, "/chatter", qos_profile("reliable", 100))
+        # Played only once both ends know each other: a fixed start delay loses the first messages
+        # on a busy machine, where discovery can take longer.
+        wait_discovered(probe, ["/chatter", command_topic] if publish_commands else ["/chatter"], process)
+        assert probe.call(SetBool, "/bag_player/play", SetBool.Request(data=True), TIMEOUT, process).success
         probe.wait_for_messages("/chatter", 20, TIMEOUT, process)
         probe.spin_for(0.5)
         assert len(commands) == (20 if publish_commands else 0)
