@@ -45,7 +45,7 @@ def assets(tmp_path_factory):
     }))
     profile = load_profile(profile_path)
     good = save_checkpoint(build_random_policy("tiny", profile, seed=0), root / "good")
-    recommends = build_random_policy("tiny", profile, seed=0)
+    recommends = load_checkpoint(good)  # the same weights, decoded with correlated noise by default
     recommends.config.recommended_noise_correlation = 8.0
     save_checkpoint(recommends, root / "recommends_correlation")
     bad = {}
