@@ -85,6 +85,12 @@ LIFT_PLACE_RISE = 0.10
 LIFT_PLACE_SHIFT = 0.06
 LIFT_PLACE_LEFT_RISE = 0.15
 PLACE_STEP = 210
+# Half-width (control steps) of the triangular window that smooths the piecewise-linear plan.
+# Linear segments jump in velocity at every waypoint; replayed through the safety filter, such a
+# plan hit the 8 rad/s^2 acceleration cap on 16-20% of ticks, and a policy that imitates it is
+# capped as often. Smoothed over +-8 steps (0.16 s), the velocity is continuous and the same
+# plans are capped only while the soft start lags them (docs/experiments.md, "Smoother plans").
+PLAN_SMOOTHING_STEPS = 8
 
 
 def cube_pose_for_seed(seed: int) -> np.ndarray:
@@ -172,6 +178,24 @@ def _interpolate(waypoints: list[Waypoint], step: int) -> tuple[np.ndarray, np.n
     raise ValueError(f"step {step} precedes the first waypoint (step {waypoints[0].step})")
 
 
+def _smoothed(waypoints: list[Waypoint], step: int, half_width: int = PLAN_SMOOTHING_STEPS):
+    """The linear path averaged over steps step +- half_width with triangular weights (two box
+    filters: continuous velocity, bounded acceleration), clamped to the plan's span so that the
+    start and the final hold are unchanged. Corners are rounded: the path reaches a waypoint's
+    point up to half_width steps late, and reaches a held one fully by then."""
+    offsets = np.arange(-half_width, half_width + 1)
+    weights = (half_width + 1 - np.abs(offsets)).astype(np.float64)
+    weights /= weights.sum()
+    first, last = waypoints[0].step, waypoints[-1].step
+    samples = [_interpolate(waypoints, int(np.clip(step + offset, first, last))) for offset in offsets]
+    points = np.array([point for point, _, _ in samples])
+    rotations = np.array([rotation for _, rotation, _ in samples])
+    rotations *= np.where(rotations @ rotations[0] < 0, -1.0, 1.0)[:, None]  # one hemisphere
+    rotation = weights @ rotations
+    grippers = np.array([gripper for _, _, gripper in samples])
+    return weights @ points, rotation / np.linalg.norm(rotation), float(weights @ grippers)
+
+
 def plan_transfer_cube(
     cube_position, right_base, left_start: Waypoint, right_start: Waypoint, handover_point=MEETING_POINT
 ) -> dict[str, list[Waypoint]]:
@@ -227,7 +251,7 @@ def plan_lift_place(cube_position, right_base, left_start: Waypoint, right_start
     the transfer, lifts it LIFT_PLACE_RISE up and LIFT_PLACE_SHIFT toward its own side, puts it
     back down where it was, opens and backs up; the left arm, clear of the cube, rises steadily
     by LIFT_PLACE_LEFT_RISE until the right arm has backed up. No pauses, for the reason given
-    at HANDOVER_STEP. The first 130 steps of the right arm are the transfer's: only the left arm
+    at HANDOVER_STEP. The right arm's first 130 - PLAN_SMOOTHING_STEPS steps are the transfer's: only the left arm
     (rising here, reaching there) and the instruction tell the two apart early on.
 
     Why the left arm moves and the way up is not the way down: with a still left arm and a
@@ -410,7 +434,7 @@ def record_transfer_cube(
             )
         mocap_action = []
         for arm_index, arm in enumerate(ARM_NAMES):
-            point, quat, gripper = _interpolate(plan[arm], step)
+            point, quat, gripper = _smoothed(plan[arm], step)
             mocap_pos = point - _rotate(quat, grasp_offsets[arm_index])
             mocap_action.append(np.concatenate([mocap_pos, quat, [gripper]]))
             joint_actions[step, 7 * arm_index + 6] = gripper
