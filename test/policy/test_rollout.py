@@ -81,3 +81,26 @@ def test_latency_ticks_delay_each_chunk_to_the_controller(latency_ticks):
     assert episode["interventions_ticks"]["hold"] == latency_ticks
     with pytest.raises(ValueError, match="latency-ticks"):
         rollout.rollout("unused", latency_ticks=-1)
+
+
+def test_each_behaviour_is_scored_by_its_own_detector():
+    """A perfect imitation of one instruction's plan succeeds under that instruction and, under the
+    other, ends as the behaviour it completed: a failure, counted as that behaviour."""
+    from vla_ros.control.controller import Controller, ControllerConfig
+    from vla_ros.sim.aloha_sim import AlohaSim
+
+    profile = load_profile("aloha_sim")
+    controller = Controller(profile, ControllerConfig())
+    sim = AlohaSim("transfer_cube", cameras=())
+    lift = rollout.demonstration(1001, sim, controller, 5, 20, behaviour="lift_place")
+    assert lift["success_tick"] is not None and lift["through_controller"]["success"]
+    plan = scripted_transfer_cube(1001).joint_actions
+    asked_to_lift = rollout.drive(controller, sim, 1001, lambda tick, _: plan[tick:tick + 20], 5, len(plan),
+                                  behaviour="lift_place")
+    assert not asked_to_lift["success"]
+    assert asked_to_lift["behaviour_completed"] == asked_to_lift["ended"] == "transfer"
+    summary = rollout.summarize([asked_to_lift], [])
+    assert summary["successes"] == 0
+    assert summary["behaviours_completed"] == {"transfer": 1, "lift_place": 0, "none": 0}
+    with pytest.raises(ValueError, match="unknown behaviour"):
+        rollout.rollout("unused", behaviour="wave")

@@ -1,7 +1,8 @@
 """`vla-ros rollout`: closed-loop episodes in process (no ROS): success, smoothness, safety interventions.
 
-    vla-ros rollout --checkpoint CKPT [--episodes 10] [--seed 1000] [--noise-scale S]
-        [--noise-correlation L] [--noise-per-episode | --deterministic] [--chunk-blend B] [--report R.json]
+    vla-ros rollout --checkpoint CKPT [--episodes 10] [--seed 1000] [--behaviour transfer|lift_place]
+        [--noise-scale S] [--noise-correlation L] [--noise-per-episode | --deterministic]
+        [--chunk-blend B] [--report R.json]
 
 Episode k (1-based) runs on seed seed + k, the cube poses of `vla-ros sim-eval`. It is policy_node's
 control path without its threads and messages: every replan period (policy_node's 0.1 s) the policy
@@ -12,6 +13,11 @@ the controller's command drives AlohaSim. As in the node, one Controller serves 
 Differences from the ROS path: inference is synchronous (no latency unless --latency-ticks
 delays each chunk), frames are raw (sim_node sends JPEG) and an episode ends at success instead
 of running out its 400 ticks.
+
+`--behaviour` picks the instruction the policy is given (that behaviour's, as in collect-sim and
+sim-eval) and what counts as success. An episode ends at the first behaviour of the scene it
+completes (vla_ros.sim.behaviours.classify), and each episode reports which one; the summary
+counts them, so that a policy that does the other instruction's behaviour shows up as such.
 
 Roughness is the mean |x[t+1] - x[t]| over the arm joints (grippers excluded), in rad per tick:
 - chunks: inside each predicted chunk (its entries are one tick apart);
@@ -45,7 +51,7 @@ from vla_ros.policy.checkpoint import CheckpointError
 from vla_ros.policy.runtime import PolicyRuntime
 from vla_ros.robot.profile import load_profile
 from vla_ros.sim.aloha_sim import SIM_CAMERA_FOR_PROFILE_CAMERA, AlohaSim
-from vla_ros.sim.collect import TASK_TEXT
+from vla_ros.sim.behaviours import BEHAVIOURS, INSTRUCTIONS, NONE, TRANSFER, classify
 from vla_ros.sim.scripted import ARM_JOINT_INDICES, EPISODE_LEN, scripted_transfer_cube
 from vla_ros.sim.success import wilson_interval
 
@@ -63,12 +69,12 @@ def roughness(values: np.ndarray, order: int = 1) -> float:
 
 
 def drive(controller: Controller, sim: AlohaSim, seed: int, chunk_for, replan_ticks: int,
-          max_ticks: int = EPISODE_LEN, latency_ticks: int = 0) -> dict:
+          max_ticks: int = EPISODE_LEN, latency_ticks: int = 0, behaviour: str = TRANSFER) -> dict:
     """One closed-loop episode on `seed`: every `replan_ticks` ticks chunk_for(tick, observation)
     gives a chunk captured now, which reaches the controller `latency_ticks` ticks later (stamped
     with its capture time, as the node's inference latency delays it); every tick the controller's
-    command drives the simulator; ends at success, at a stop of the controller (fault) or after
-    max_ticks. The clock goes on from the controller's previous episode, as the node's does: set
+    command drives the simulator; ends at the first behaviour completed (success if it is
+    `behaviour`), at a stop of the controller (fault) or after max_ticks. The clock goes on from the controller's previous episode, as the node's does: set
     back to 0, it would leave the executor's last target time in the future and expire the first
     chunk (the arms then held for a replan period)."""
     profile = controller.profile
@@ -80,7 +86,7 @@ def drive(controller: Controller, sim: AlohaSim, seed: int, chunk_for, replan_ti
     counts = dict.fromkeys(COUNTED_INTERVENTIONS, 0) | {"hold": 0}
     after_ramp = dict(counts)  # the same, once the soft start is over
     ramp_ticks = int(np.ceil(controller.config.soft_start_time / controller.dt - 1e-9))
-    success, best_reward, ended = False, 0.0, "time"
+    success, best_reward, ended, completed = False, 0.0, "time", NONE
     in_flight: list[tuple[int, float, np.ndarray]] = []  # (tick it arrives, capture time, chunk)
     for tick in range(max_ticks):
         now = origin + tick * controller.dt
@@ -103,10 +109,12 @@ def drive(controller: Controller, sim: AlohaSim, seed: int, chunk_for, replan_ti
         if result.target is not None:
             targets.append(result.target)
         commands.append(result.command)
-        observation, reward, success = sim.step(result.command)
+        observation, reward, _ = sim.step(result.command)
         best_reward = max(best_reward, reward)
-        if success:
-            ended = "success"
+        completed = classify(sim.behaviours.completed)
+        if completed != NONE:
+            success = completed == behaviour
+            ended = "success" if success else completed
             break
     commands = np.array(commands)
     # Ticks on which some ARM joint's command changed speed by the full acceleration cap (the
@@ -116,7 +124,8 @@ def drive(controller: Controller, sim: AlohaSim, seed: int, chunk_for, replan_ti
         second = np.abs(np.diff(commands, n=2, axis=0))[:, ARM_JOINT_INDICES]
         arm_capped[2:] = (second >= controller.safety.accel_cap[ARM_JOINT_INDICES] * (1 - 1e-9)).any(axis=1)
     return {
-        "seed": seed, "success": bool(success), "best_reward": best_reward, "ticks": len(commands), "ended": ended,
+        "seed": seed, "success": bool(success), "behaviour_completed": completed, "best_reward": best_reward,
+        "ticks": len(commands), "ended": ended,
         "chunk_roughness": float(np.mean([roughness(c) for c in chunks])),
         "chunk_roughness_second": float(np.mean([roughness(c, 2) for c in chunks])),
         "target_roughness": roughness(np.array(targets)), "target_roughness_second": roughness(np.array(targets), 2),
@@ -128,29 +137,33 @@ def drive(controller: Controller, sim: AlohaSim, seed: int, chunk_for, replan_ti
 
 
 def run_episode(runtime: PolicyRuntime, controller: Controller, sim: AlohaSim, seed: int,
-                replan_ticks: int, max_ticks: int = EPISODE_LEN, latency_ticks: int = 0) -> dict:
+                replan_ticks: int, max_ticks: int = EPISODE_LEN, latency_ticks: int = 0,
+                behaviour: str = TRANSFER) -> dict:
     """One policy episode on `seed`; the runtime starts a new noise episode, as on the node's enable."""
     cameras = {name: SIM_CAMERA_FOR_PROFILE_CAMERA[name] for name in controller.profile.camera_names}
     runtime.new_episode()
     return drive(controller, sim, seed, lambda tick, observation: runtime.predict(
         {name: observation["images"][sim_name] for name, sim_name in cameras.items()}, observation["qpos"]),
-        replan_ticks, max_ticks, latency_ticks)
+        replan_ticks, max_ticks, latency_ticks, behaviour)
 
 
-def demonstration(seed: int, sim: AlohaSim, controller: Controller, replan_ticks: int, horizon: int) -> dict:
-    """The scripted plan for `seed`: its roughness up to the tick its replay succeeds (and in full),
-    and the same plan executed as chunks of `horizon` ticks through the controller (the
-    interventions a policy that reproduced the demonstrations exactly would get)."""
-    plan = scripted_transfer_cube(seed).joint_actions
+def demonstration(seed: int, sim: AlohaSim, controller: Controller, replan_ticks: int, horizon: int,
+                  behaviour: str = TRANSFER) -> dict:
+    """The scripted plan of `behaviour` for `seed`: its roughness up to the tick its replay
+    completes the behaviour (and in full), and the same plan executed as chunks of `horizon` ticks
+    through the controller (the interventions a policy that reproduced the demonstrations exactly
+    would get)."""
+    plan = scripted_transfer_cube(seed, behaviour=behaviour).joint_actions
     sim.reset(seed)
     success_tick = None
     for tick, action in enumerate(plan):
-        _, _, success = sim.step(action)
-        if success:
+        sim.step(action)
+        if sim.behaviours.completed[behaviour] is not None:
             success_tick = tick + 1
             break
     window = plan[:success_tick] if success_tick else plan
-    through = drive(controller, sim, seed, lambda tick, _: plan[tick:tick + horizon], replan_ticks, len(plan))
+    through = drive(controller, sim, seed, lambda tick, _: plan[tick:tick + horizon], replan_ticks, len(plan),
+                    behaviour=behaviour)
     return {"success_tick": success_tick, "roughness": roughness(window), "roughness_second": roughness(window, 2),
             "roughness_full_plan": roughness(plan),
             "through_controller": {key: through[key] for key in (
@@ -172,6 +185,8 @@ def summarize(episodes: list[dict], demonstrations: list[dict]) -> dict:
     mean = lambda rows, key: float(np.nanmean([row[key] for row in rows]))  # noqa: E731
     summary = {
         "episodes": n, "successes": k, "success_rate_95ci": wilson_interval(k, n), "ticks": ticks,
+        "behaviours_completed": {name: sum(e["behaviour_completed"] == name for e in episodes)
+                                 for name in (*BEHAVIOURS, NONE)},
         "roughness": {key: mean(episodes, key) for key in (
             "chunk_roughness", "target_roughness", "command_roughness",
             "chunk_roughness_second", "target_roughness_second", "command_roughness_second")},
@@ -195,8 +210,10 @@ def rollout(checkpoint, episodes: int = 10, seed: int = 1000, chunk_blend: str =
             deterministic: bool = False, noise_scale: float = 1.0, noise_correlation: float | None = None,
             noise_per_episode: bool = False, runtime_seed: int = 0, demonstrations: bool = True,
             max_ticks: int = EPISODE_LEN, soft_start_time: float = ControllerConfig.soft_start_time,
-            progress=None, latency_ticks: int = 0) -> dict:
+            progress=None, latency_ticks: int = 0, behaviour: str = TRANSFER) -> dict:
     """The report as a dict (see the module docstring)."""
+    if behaviour not in BEHAVIOURS:
+        raise ValueError(f"unknown behaviour {behaviour!r} (the scene has {', '.join(BEHAVIOURS)})")
     if episodes < 1 or max_ticks < 1:
         raise ValueError(f"--episodes and --max-ticks must be >= 1, got {episodes} and {max_ticks}")
     if latency_ticks < 0:
@@ -205,7 +222,7 @@ def rollout(checkpoint, episodes: int = 10, seed: int = 1000, chunk_blend: str =
     runtime = PolicyRuntime(checkpoint, profile=profile, deterministic=deterministic, seed=runtime_seed,
                             noise_scale=noise_scale, noise_correlation=noise_correlation,
                             noise_per_episode=noise_per_episode)
-    runtime.set_instruction(TASK_TEXT["transfer_cube"])
+    runtime.set_instruction(INSTRUCTIONS[behaviour])
     sizes = runtime.config.extra.get("training", {}).get("camera_image_sizes") or {}
     height, width = next(iter(sizes.values()), (profile.cameras[0].height, profile.cameras[0].width))
     sim = AlohaSim("transfer_cube", cameras=tuple(SIM_CAMERA_FOR_PROFILE_CAMERA[c] for c in profile.camera_names),
@@ -219,19 +236,22 @@ def rollout(checkpoint, episodes: int = 10, seed: int = 1000, chunk_blend: str =
     demo_controller = Controller(profile, config)
     for index in range(1, episodes + 1):
         results.append(run_episode(runtime, controller, sim, seed + index, replan_ticks, max_ticks,
-                                   latency_ticks))
+                                   latency_ticks, behaviour))
         if demo_sim is not None:
             demos.append(demonstration(seed + index, demo_sim, demo_controller, replan_ticks,
-                                       runtime.config.horizon))
+                                       runtime.config.horizon, behaviour))
             results[-1]["demonstration"] = demos[-1]
         if progress is not None:
             episode = results[-1]
             progress(f"episode {index}/{episodes} seed {episode['seed']}: success={episode['success']} "
+                     f"completed={episode['behaviour_completed']} "
                      f"ticks={episode['ticks']} target_roughness={episode['target_roughness']:.4f} "
                      f"accel_caps={episode['interventions_ticks']['cap_acceleration']}")
     return {
         "checkpoint": str(Path(checkpoint).resolve()),
         "seeds": [seed + 1, seed + episodes],
+        "behaviour": behaviour,
+        "instruction": INSTRUCTIONS[behaviour],
         "steps": runtime.steps,
         "deterministic": deterministic,
         "runtime_seed": runtime_seed,
@@ -252,6 +272,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--episodes", type=int, default=10)
     parser.add_argument("--seed", type=int, default=1000, help="episode k runs on seed + k (sim-eval's poses)")
+    parser.add_argument("--behaviour", default=TRANSFER, choices=BEHAVIOURS,
+                        help="the instruction given and the behaviour that counts as success")
     parser.add_argument("--chunk-blend", default="ensemble", choices=BLEND_MODES)
     parser.add_argument("--deterministic", action="store_true", help="decode from zero noise")
     parser.add_argument("--noise-scale", type=float, default=1.0, help="initial noise temperature (1: as trained)")
@@ -274,7 +296,7 @@ def main(argv: list[str]) -> int:
         report = rollout(args.checkpoint, args.episodes, args.seed, args.chunk_blend, args.deterministic,
                          args.noise_scale, args.noise_correlation, args.noise_per_episode, args.runtime_seed,
                          not args.no_demonstrations, args.max_ticks, args.soft_start_time, progress=lambda line: print(line, file=sys.stderr, flush=True),
-                         latency_ticks=args.latency_ticks)
+                         latency_ticks=args.latency_ticks, behaviour=args.behaviour)
     except (ValueError, OSError, CheckpointError) as error:
         print(f"vla-ros rollout: {error}", file=sys.stderr)
         return 1
@@ -283,7 +305,7 @@ def main(argv: list[str]) -> int:
         Path(args.report).parent.mkdir(parents=True, exist_ok=True)
         Path(args.report).write_text(text)
     print(json.dumps({"report": args.report, "config": {k: report[k] for k in (
-        "steps", "deterministic", "noise_scale", "noise_correlation", "noise_per_episode", "chunk_blend",
+        "behaviour", "steps", "deterministic", "noise_scale", "noise_correlation", "noise_per_episode", "chunk_blend",
         "soft_start_time", "latency_ticks")},
         **report["summary"]}, indent=1) if args.report else text)
     return 0
