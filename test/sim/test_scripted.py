@@ -91,14 +91,14 @@ def test_plan_through_the_controller_is_capped_only_during_the_soft_start(episod
     through the Controller and its safety filter): after the soft start nothing is capped, and the
     acceleration cap fires on under 10% of all ticks (issue 17's target for the policy)."""
     from vla_ros.control.controller import Controller, ControllerConfig
-    from vla_ros.policy.rollout import drive
+    from vla_ros.policy.rollout import REPLAN_PERIOD, drive
     from vla_ros.sim.aloha_sim import AlohaSim
 
     profile = load_profile("aloha_sim")
     controller = Controller(profile, ControllerConfig())
     plan = episodes[SEEDS[0]].joint_actions
     result = drive(controller, AlohaSim("transfer_cube", cameras=()), SEEDS[0],
-                   lambda tick, _: plan[tick:tick + 20], round(0.1 / profile.dt), len(plan))
+                   lambda tick, _: plan[tick:tick + 20], round(REPLAN_PERIOD / profile.dt), len(plan))
     assert result["success"]
     assert result["interventions_ticks_after_soft_start"]["cap_acceleration"] == 0
     assert result["interventions_ticks"]["cap_acceleration"] < 0.1 * result["ticks"]

@@ -74,9 +74,10 @@ def drive(controller: Controller, sim: AlohaSim, seed: int, chunk_for, replan_ti
     gives a chunk captured now, which reaches the controller `latency_ticks` ticks later (stamped
     with its capture time, as the node's inference latency delays it); every tick the controller's
     command drives the simulator; ends at the first behaviour completed (success if it is
-    `behaviour`), at a stop of the controller (fault) or after max_ticks. The clock goes on from the controller's previous episode, as the node's does: set
-    back to 0, it would leave the executor's last target time in the future and expire the first
-    chunk (the arms then held for a replan period)."""
+    `behaviour`), at a stop of the controller (fault) or after max_ticks. The clock goes on from
+    the controller's previous episode, as the node's does: set back to 0, it would leave the
+    executor's last target time in the future and expire the first chunk (the arms then held for
+    a replan period)."""
     profile = controller.profile
     origin = (controller.ticks + 1) * controller.dt
     observation = sim.reset(seed)
