@@ -379,12 +379,27 @@ def test_decodes_with_the_checkpoints_noise_unless_the_parameter_overrides_it(se
     assert decoding()["noise_correlation"] == "0.0"  # a checkpoint that recommends none: white noise
 
 
+def test_inference_slowdown_holds_each_chunk_back_by_its_factor(session_factory):
+    """The testing knob behind sim-eval's slowed-inference cell: the latency the chunk executor
+    sees is the model's time times the factor (the wait may overshoot, never fall short)."""
+    s = session_factory(inference_slowdown=3.0)
+    assert s.enable_when_inputs_fresh().success
+    s.probe.wait_for(lambda: int(s.latest().get("inference_count", "0")) >= 10, 60.0, "10 inferences", s.node)
+    values = s.latest()
+    assert values["inference_slowdown"] == "3.0"
+    compute, seen = float(values["inference_compute_ms_p50"]), float(values["inference_ms_p50"])
+    assert 0.0 < compute and seen >= 2.9 * compute, values
+    assert s.node.stop() == 0
+    assert "a test setting, not for a robot" in s.node.stderr()  # never silent on a robot
+
+
 @pytest.mark.parametrize("params, message", [
     ({"profile": "no_such_robot"}, "file not found"),
     ({"chunk_blend": "average"}, "'chunk_blend' must be one of"),
     ({"control_rate_hz": -5.0}, "'control_rate_hz' must be >= 0"),
     ({"noise_scale": -1.0}, "'noise_scale' must be >= 0"),
     ({"noise_correlation": -2.0}, "'noise_correlation' must be >= -1"),
+    ({"inference_slowdown": 0.5}, "'inference_slowdown' must be >= 1"),
 ])
 def test_bad_configuration_exits_with_a_clear_message(ros_domain, params, message):
     node = NodeProcess(module_command("vla_ros.ros.policy_node"), params=params, domain_id=ros_domain)

@@ -394,6 +394,7 @@ def summarize(results: list[EpisodeResult]) -> dict:
         "commands_published_per_episode": [r.commands_published for r in results],
         "inference_ms_p50": last.get("inference_ms_p50"),
         "inference_ms_p99": last.get("inference_ms_p99"),
+        "inference_compute_ms_p50": last.get("inference_compute_ms_p50"),  # below inference_ms when slowed
         "timer_jitter_ms_p99": last.get("timer_jitter_ms_p99"),
         "safety_interventions": interventions,
         # arm_guard's counters over the session (forwarded, refused:<why>, latches:<why>, holds):

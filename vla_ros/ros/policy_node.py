@@ -84,6 +84,10 @@ PARAMETERS = (
     ParamSpec("acceleration_scale", 1.0, "scale on the profile's acceleration limits (a lower one applies once "
               "the commands are at rest)", minimum=0.01, maximum=1.0, live=True),
     ParamSpec("diagnostics_period", 1.0, "seconds between /diagnostics messages", minimum=0.05),
+    ParamSpec("inference_slowdown", 1.0, "testing only: after each inference wait (factor - 1) times its duration "
+              "before the chunk is used, as a computer this many times slower would; sim-eval measures the "
+              "latency-aware chunk executor with it (docs/experiments.md, 'Slowed inference'). 1: no wait",
+              minimum=1.0, maximum=100.0),
 )
 
 
@@ -116,7 +120,8 @@ class PolicyNode(Node):
         self.dt = 1.0 / rate
         self.inputs = _Inputs()
         self.instruction = self.params["instruction"]
-        self.inference_ms: deque[float] = deque(maxlen=500)
+        self.inference_ms: deque[float] = deque(maxlen=500)  # observation to chunk, as the executor sees it
+        self.inference_compute_ms: deque[float] = deque(maxlen=500)  # the model's own time
         self.tick_intervals: deque[float] = deque(maxlen=2000)
         self.commands_published = 0
         self._last_tick: float | None = None
@@ -173,6 +178,9 @@ class PolicyNode(Node):
         self.setup_error = ""
         self.setup_done = threading.Event()
         self._start_follower_setup()
+        if self.params["inference_slowdown"] > 1.0:
+            self.get_logger().warning(f"inference_slowdown {self.params['inference_slowdown']:g}: every chunk is "
+                                      f"held back as on a slower computer (a test setting, not for a robot)")
         self.get_logger().info(
             f"ready (DISARMED): profile {self.profile.name}, checkpoint '{self.params['checkpoint']}', "
             f"{rate:g} Hz, cameras {list(self.profile.camera_names)}, dry_run={self.params['dry_run']}; "
@@ -424,6 +432,10 @@ class PolicyNode(Node):
         except Exception as exc:  # reported and held by the controller (no chunk)
             self.inputs.count_error("inference_error", f"inference: {type(exc).__name__}: {exc}")
             return
+        compute = time.perf_counter() - started
+        self.inference_compute_ms.append(compute * 1e3)
+        if self._stop.wait((self.params["inference_slowdown"] - 1.0) * compute):
+            return
         self.inference_ms.append((time.perf_counter() - started) * 1e3)
         with self.controller_lock:
             self.controller.on_chunk(chunk, gate.capture_time, self._now())
@@ -505,6 +517,8 @@ class PolicyNode(Node):
             "inference_ms_p50": _percentile(self.inference_ms, 50),
             "inference_ms_p99": _percentile(self.inference_ms, 99),
             "inference_count": len(self.inference_ms),
+            "inference_compute_ms_p50": _percentile(self.inference_compute_ms, 50),
+            "inference_slowdown": self.params["inference_slowdown"],
             "timer_jitter_ms_p50": _percentile(intervals_ms, 50),
             "timer_jitter_ms_p99": _percentile(intervals_ms, 99),
             "last_input_error": last_error,
