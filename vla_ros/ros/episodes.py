@@ -165,7 +165,10 @@ class SimSession:
                         "instruction": cfg.instruction, "steps": cfg.steps, "command_namespace": GUARD_INPUT,
                         "deterministic": cfg.deterministic, "soft_start_time": cfg.soft_start_time,
                         "image_transport": "compressed" if cfg.compressed_images else "raw",
-                        "use_sim_time": cfg.sim_clock, **cfg.policy_params}))
+                        "use_sim_time": cfg.sim_clock,
+                        # sim_node answers the driver's setup services only once it spins: on a
+                        # loaded machine that took more than policy_node's 5 s default
+                        "follower_setup_timeout": cfg.startup_timeout / 4, **cfg.policy_params}))
             context = self._stack.enter_context(ros_context(self.domain))
             self.probe = self._stack.enter_context(Probe(context, "sim_session_client"))
             self._subscribe()
