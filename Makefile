@@ -16,7 +16,7 @@ export AMENT_PREFIX_PATH := $(abspath $(VENV))
 PACKAGE_FILES := setup.py setup.cfg package.xml resource/vla_ros \
 	$(shell find vla_ros config launch checkpoints -type f \( -name '*.py' -o -name '*.yaml' -o -name '*.json' -o -name '*.safetensors' \) 2>/dev/null)
 
-.PHONY: venv test test-fast demo bench freeze clean check-robot-requirements colcon-test docs
+.PHONY: venv test test-fast demo bench bench-peer peer-venv freeze clean check-robot-requirements colcon-test docs
 
 venv: $(VENV)/.installed
 
@@ -58,6 +58,20 @@ demo: venv
 bench: venv
 	$(BIN)/vla-ros bench all
 
+# LeRobot's SmolVLA in its own interpreter (.venv-peer), timed against vla_ros with the same VLM
+# dimensions: benchmarks/cpu_bench_peer_smolvla.json (docs/latency.md, "Against SmolVLA").
+PEER_VENV := .venv-peer
+
+peer-venv: $(PEER_VENV)/.installed
+
+$(PEER_VENV)/.installed: requirements-peer.txt
+	test -x $(PEER_VENV)/bin/python || $(PYTHON) -m venv $(PEER_VENV)
+	$(PEER_VENV)/bin/python -m pip install -q --disable-pip-version-check --no-deps -r requirements-peer.txt
+	touch $@
+
+bench-peer: venv peer-venv
+	$(BIN)/vla-ros bench peer --peer-python $(PEER_VENV)/bin/python --output benchmarks/cpu_bench_peer_smolvla.json
+
 # docs/parameters.md from the nodes' parameter specs (test/test_param_docs.py checks it is current).
 docs: venv
 	$(PY) -m vla_ros.ros.param_docs --output docs/parameters.md
@@ -84,4 +98,4 @@ freeze: venv
 	$(PY) -m pip freeze --exclude vla_ros
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) $(PEER_VENV) build *.egg-info .pytest_cache

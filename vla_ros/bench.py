@@ -21,6 +21,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "replay": ("vla_ros.bench_replay:main", "bag replay throughput relative to real time"),
     "train": ("vla_ros.policy.bench_train:main", "training samples per second"),
     "memory": ("vla_ros.policy.bench_memory:main", "parameters and optimiser/EMA bytes per way of training (meta)"),
+    "peer": ("vla_ros.policy.peer_bench:main", "against LeRobot's SmolVLA, same VLM, calls in turn (make peer-venv)"),
 }
 
 

@@ -14,6 +14,10 @@ Presets:
 - "small":         PaliGemma, 96x96 images, 64 image tokens (12x12 patches), 3 SigLIP layers and
                    2 Gemma layers of width 96: big enough to see the cube of the simulated
                    transfer-cube task, small enough to train from scratch on one CPU core.
+- "smolvlm2-500m": SmolVLM2-500M's dimensions (SigLIP-B/16 vision at 512x512, pixel shuffle 4: 64
+                   tokens per image; 32 Llama layers of width 960, 15 heads, 5 key/value heads),
+                   SmolVLA's VLM; random weights and the in-process tokenizer, for the latency
+                   comparison with LeRobot's SmolVLA (`vla_ros.policy.peer_bench`).
 - "1.4b":          PaliGemma with SigLIP-So400m-sized vision (27 layers, 224x224) and 4 Gemma-2B
                    sized layers (the paper's 1.4B variant); random weights, for benchmarks only.
                    It uses the in-process BPE tokenizer (with Gemma's 257,152-row embedding
@@ -138,6 +142,18 @@ def build_preset(name: str, tokenizer: PreTrainedTokenizerFast | None = None) ->
             image_token_id=image_token_id,
         )
         return BackbonePreset(config.model_type, config, *siglip_norm)
+    if name == "smolvlm2-500m":
+        config = SmolVLMConfig(
+            vision_config=dict(hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                               image_size=512, patch_size=16),
+            text_config=LlamaConfig(vocab_size=49280, hidden_size=960, intermediate_size=2560, num_hidden_layers=32,
+                                    num_attention_heads=15, num_key_value_heads=5, head_dim=64, rope_theta=100000.0,
+                                    max_position_embeddings=8192, rms_norm_eps=1e-5,
+                                    pad_token_id=tokenizer.pad_token_id).to_dict(),
+            scale_factor=4,
+            image_token_id=image_token_id,
+        )
+        return BackbonePreset(config.model_type, config, *siglip_norm)
     if name == "1.4b":
         config = _paligemma(
             vision=dict(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27, num_attention_heads=16,
@@ -150,7 +166,7 @@ def build_preset(name: str, tokenizer: PreTrainedTokenizerFast | None = None) ->
     raise ValueError(f"unknown backbone preset '{name}' (one of: {', '.join(PRESET_NAMES)})")
 
 
-PRESET_NAMES = ("tiny", "small", "tiny-smolvlm", "tiny-smolvlm2", "1.4b")
+PRESET_NAMES = ("tiny", "small", "tiny-smolvlm", "tiny-smolvlm2", "smolvlm2-500m", "1.4b")
 _MODEL_CLASSES = {"paligemma": PaliGemmaForConditionalGeneration, "idefics3": Idefics3ForConditionalGeneration,
                   "smolvlm": SmolVLMForConditionalGeneration}
 
