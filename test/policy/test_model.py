@@ -244,6 +244,6 @@ def test_checkpoints_record_the_attention_layout_and_old_ones_load_as_bidirectio
     path = save_checkpoint(_policy(profile), tmp_path / "new")
     assert json.loads((path / "config.json").read_text())["head"]["attention"] == "block_causal"
     assert load_checkpoint(path).head.cacheable
-    shipped = Path(__file__).resolve().parents[2] / "checkpoints" / "transfer_cube_default"
-    assert "attention" not in json.loads((shipped / "config.json").read_text())["head"]
-    assert load_config(shipped).head.attention == "bidirectional"
+    before = Path(__file__).resolve().parents[1] / "assets" / "checkpoint_bidirectional_wordlevel"
+    assert "attention" not in json.loads((before / "config.json").read_text())["head"]
+    assert load_config(before).head.attention == "bidirectional"

@@ -515,8 +515,8 @@ def test_an_instruction_the_tokenizer_would_lose_part_of_is_refused(model_dirs, 
 
 
 def test_checkpoints_made_before_the_bpe_tokenizer_keep_their_own():
-    bundled = Path(__file__).resolve().parents[2] / "checkpoints" / "transfer_cube_default"
-    tokenizer = load_checkpoint(bundled).backbone.tokenizer
+    before = Path(__file__).resolve().parents[1] / "assets" / "checkpoint_bidirectional_wordlevel"
+    tokenizer = load_checkpoint(before).backbone.tokenizer
     assert type(tokenizer.backend_tokenizer.model).__name__ == "WordLevel"
     assert tokenizer.get_vocab() == PreTrainedTokenizerFast(
-        tokenizer_file=str(bundled / "backbone" / "tokenizer.json")).get_vocab()
+        tokenizer_file=str(before / "backbone" / "tokenizer.json")).get_vocab()
