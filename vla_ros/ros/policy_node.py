@@ -434,7 +434,8 @@ class PolicyNode(Node):
             return
         compute = time.perf_counter() - started
         self.inference_compute_ms.append(compute * 1e3)
-        if self._stop.wait((self.params["inference_slowdown"] - 1.0) * compute):
+        slowdown = self.params["inference_slowdown"]
+        if slowdown > 1.0 and self._stop.wait((slowdown - 1.0) * compute):
             return
         self.inference_ms.append((time.perf_counter() - started) * 1e3)
         with self.controller_lock:
