@@ -107,3 +107,43 @@ def test_malformed_chunks_are_refused_with_a_reason(chunk, capture, match):
 def test_constructor_validation(kwargs, match):
     with pytest.raises(ValueError, match=match):
         ChunkExecutor(**{"dt": DT, **kwargs})
+
+
+@pytest.mark.parametrize("blend", BLEND_MODES)
+def test_plan_gives_the_targets_handed_out_and_those_to_come_without_changing_anything(blend):
+    """From a time three ticks back: the four targets already handed out for it and after it
+    (interpolated off the tick grid), then exactly what target() hands out next if no chunk arrives; asking changes
+    nothing that follows."""
+    rng = np.random.default_rng(0)
+    chunks = {k: (np.cumsum(rng.normal(size=(20, 3)), axis=0), 1.0 + k * DT) for k in range(0, 30, 5)}
+    arrivals = {k + 2: chunk for k, chunk in chunks.items()}
+    quiet, asked = ChunkExecutor(DT, blend), ChunkExecutor(DT, blend)
+    run(quiet, 12, arrivals)
+    handed = run(asked, 12, arrivals)  # targets for 1.0 + (k + 1) * DT
+    plan = asked.plan(1.0 + 9 * DT, 9)
+    np.testing.assert_allclose(plan[:4], handed[8:12], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(asked.plan(1.0 + 9.5 * DT, 1)[0], (handed[8] + handed[9]) / 2, rtol=0, atol=1e-12)
+    upcoming = run(quiet, 5, {}, start=1.0 + 12 * DT)
+    np.testing.assert_allclose(plan[4:9], upcoming, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(run(asked, 5, {}, start=1.0 + 12 * DT), upcoming, rtol=0, atol=0)
+
+
+def test_plan_stops_where_nothing_covers_and_forgets_across_holds():
+    executor = ChunkExecutor(DT, "ensemble", action_dim=3)
+    assert executor.plan(1.0, 5).shape == (0, 3)
+    executor.add_chunk(chunk_from(1.0, horizon=4), 1.0)
+    run(executor, 2, {})  # handed out: targets for 1.02 and 1.04
+    assert len(executor.plan(1.0 + DT, 10)) == 3  # 1.02 and 1.04 handed out, 1.06 to come: the chunk ends
+    assert len(executor.plan(1.0 - DT, 5)) == 0  # before the first target handed out
+    run(executor, 20, {}, start=1.0 + 2 * DT)  # runs out: holds
+    executor.add_chunk(chunk_from(1.5), 1.5)
+    assert len(executor.plan(1.0 + DT, 3)) == 0  # the targets before the hold are forgotten
+
+
+def test_plan_interpolates_over_timer_jitter_but_not_over_a_skipped_tick():
+    executor = ChunkExecutor(DT, "ensemble")
+    executor.add_chunk(chunk_from(1.0, horizon=20), 1.0)
+    for now in (1.0, 1.0 + 1.3 * DT, 1.0 + 3.3 * DT):  # 1.3 dt apart, then a tick skipped
+        executor.target(now)
+    np.testing.assert_allclose(executor.plan(1.0 + 1.5 * DT, 1)[0], plan(1.0 + 1.5 * DT))
+    assert len(executor.plan(1.0 + 2.5 * DT, 3)) == 0

@@ -73,6 +73,22 @@ def test_a_chunk_arriving_three_ticks_late_continues_the_motion_without_a_jump()
     np.testing.assert_allclose(steps, np.tile(DIRECTION * DT, (9, 1)), atol=1e-9)  # constant speed
 
 
+def test_the_planned_targets_are_what_runs_from_a_capture_on_and_nothing_when_disarmed():
+    loop = Loop()
+    assert loop.controller.planned_targets(loop.now, 4).shape == (0, 14)
+    loop.controller.enable(loop.now, loop.measured)
+    loop.controller.on_chunk(*loop.chunk(loop.now, horizon=40))
+    for _ in range(10):
+        loop.tick()
+    capture = loop.now - 2 * DT  # an observation two ticks old
+    planned = loop.controller.planned_targets(capture, 6)
+    np.testing.assert_allclose(planned, [plan(capture - 10.0 + k * DT) for k in range(6)], atol=1e-9)
+    # each tick sends the target for one tick ahead: the last two sent are entries 2 and 3
+    np.testing.assert_allclose(planned[2:4], loop.commands[-2:], atol=1e-9)
+    loop.controller.disable()
+    assert loop.controller.planned_targets(capture, 6).shape == (0, 14)
+
+
 def test_a_misaligned_chunk_would_jump_and_is_what_the_alignment_prevents():
     # The same late chunk stamped with its arrival time instead of its capture time: the target
     # sequence steps back by three ticks of motion. This is the jump the capture stamp avoids.

@@ -239,14 +239,17 @@ def test_init_from_a_checkpoint_keeps_its_head_and_takes_the_new_alpha(dataset, 
 
 def test_a_new_policy_takes_the_configured_horizon_normalisation_and_decoding(dataset, tmp_path):
     config = write_config(tmp_path / "c.yaml", model={"horizon": 4, "normalization": "min_max",
-                                                      "recommended_noise_correlation": 3.0},
+                                                      "recommended_noise_correlation": 3.0, "action_prefix_steps": 2},
                           data={"held_out_episodes": 0}, train={"batch_size": 2})
     assert train(dataset, tmp_path / "run", "--config", config, "--steps", "1") == 0
     runtime = PolicyRuntime(tmp_path / "run" / "policy", deterministic=True)
     assert runtime.config.horizon == 4 and runtime.config.normalization == "min_max"
     assert runtime.config.recommended_noise_correlation == 3.0 == runtime.initial_noise.correlation
+    assert runtime.action_prefix_steps == 2
     runtime.set_instruction(TASK)
     assert runtime.predict({"cam_high": np.zeros((32, 32, 3), np.uint8)}, PROFILE.start_pose).shape == (4, 14)
+    too_long = write_config(tmp_path / "p.yaml", model={"horizon": 4, "action_prefix_steps": 4})
+    assert train(dataset, tmp_path / "bad", "--config", too_long, "--steps", "1") == 1
 
 
 @pytest.mark.slow

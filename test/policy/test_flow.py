@@ -96,3 +96,37 @@ def test_loss_is_masked_to_real_dims():
     predicted[..., 0] = 2.0
     assert float(flow.flow_loss(predicted, target, mask)) == pytest.approx(2.0)  # 4 / 2 real dims
     assert float(flow.flow_loss(predicted, target)) == pytest.approx((4 + 10_000) / 3)
+
+
+def test_per_entry_times_interpolate_each_entry_on_its_own_path():
+    action, noise = torch.randn(2, 4, 3), torch.randn(2, 4, 3)
+    t = torch.tensor([[1.0, 1.0, 0.3, 0.3], [0.0, 0.5, 0.5, 0.5]])
+    mixed = flow.interpolate(action, noise, t)
+    torch.testing.assert_close(mixed[0, :2], action[0, :2])
+    torch.testing.assert_close(mixed[0, 2:], 0.3 * action[0, 2:] + 0.7 * noise[0, 2:])
+    torch.testing.assert_close(mixed[1, 0], noise[1, 0])
+    given = torch.tensor([[True, True, False, False], [False] * 4])
+    torch.testing.assert_close(flow.prefix_times(torch.tensor([0.3, 0.5]), given),
+                               torch.tensor([[1.0, 1.0, 0.3, 0.3], [0.5] * 4]))
+
+
+@pytest.mark.parametrize("steps", [1, 4])
+def test_an_action_prefix_is_kept_at_every_step_and_seen_at_time_one(steps):
+    """Given entries start at their values and stay there; the velocity sees t = 1 for them and the
+    grid's time for the others, and the rest of the chunk moves as without a prefix."""
+    noise, values = torch.randn(2, 5, 3), torch.randn(2, 5, 3)
+    given = torch.tensor([[True, True, False, False, False], [False] * 5])
+    seen = []
+
+    def velocity(x, t):
+        seen.append(t.clone())
+        return torch.ones_like(x)
+
+    out = flow.euler_sample(velocity, noise, steps, given=given, given_values=values)
+    torch.testing.assert_close(out[0, :2], values[0, :2])
+    torch.testing.assert_close(out[0, 2:], noise[0, 2:] + 1.0)
+    torch.testing.assert_close(out[1], noise[1] + 1.0)
+    assert all(t.shape == (2, 5) and (t[0, :2] == 1).all() for t in seen)
+    assert seen[0][1].eq(0).all() and seen[0][0, 2:].eq(0).all()
+    plain = flow.euler_sample(lambda x, t: torch.ones_like(x), noise, steps)
+    torch.testing.assert_close(out[1], plain[1])

@@ -246,3 +246,24 @@ def test_cached_step_compiles_as_one_graph():
         cache = head.encode_condition(condition, mask, state)
         compiled = torch.compile(head.step, backend="aot_eager", fullgraph=True)
         torch.testing.assert_close(compiled(cache, noisy, t), head.step(cache, noisy, t))
+
+
+def test_one_time_per_entry_equals_the_shared_time_and_caching_holds_with_it():
+    """A (B, H) time that repeats each sample's time gives the (B,) result, through forward and
+    through the cache; a prefix entry at t = 1 changes the velocity of the others (they attend to it)."""
+    config = HeadConfig(**SMALL)
+    head = _trained_looking_head(config)
+    condition, mask, state, noisy, t = _inputs(config)
+    per_entry = t[:, None].expand(-1, config.horizon)
+    with torch.no_grad():
+        shared = head(condition, mask, state, noisy, t)
+        torch.testing.assert_close(head(condition, mask, state, noisy, per_entry), shared)
+        cache = head.encode_condition(condition, mask, state)
+        torch.testing.assert_close(head.step(cache, noisy, per_entry), shared, rtol=1e-5, atol=1e-5)
+        with_prefix = per_entry.clone()
+        with_prefix[:, 0] = 1.0
+        moved = head.step(cache, noisy, with_prefix)
+        torch.testing.assert_close(moved, head(condition, mask, state, noisy, with_prefix), rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(moved[:, 1:], shared[:, 1:])
+    with pytest.raises(ValueError, match="t must be"):
+        head(condition, mask, state, noisy, torch.rand(3, config.horizon + 1))

@@ -247,3 +247,64 @@ def test_checkpoints_record_the_attention_layout_and_old_ones_load_as_bidirectio
     before = Path(__file__).resolve().parents[1] / "assets" / "checkpoint_bidirectional_wordlevel"
     assert "attention" not in json.loads((before / "config.json").read_text())["head"]
     assert load_config(before).head.attention == "bidirectional"
+
+
+def _with_action_prefix(policy, steps):
+    values = policy.config.to_dict()
+    values["action_prefix_steps"] = steps
+    rebuilt = VLAPolicy(PolicyConfig.from_dict(values), policy.backbone, policy.stats)
+    rebuilt.head.load_state_dict(policy.head.state_dict())
+    return rebuilt
+
+
+def test_an_action_prefix_is_given_clean_at_time_one_and_not_scored(profile):
+    """Training with action_prefix_steps = 4: each sample's first 0..4 entries enter the head as
+    the clean (normalised) actions at t = 1, the rest at the sample's time; wrong velocities on the
+    given entries do not change the loss, wrong ones elsewhere do."""
+    policy = _with_action_prefix(_policy(profile), 4)
+    batch = _batch(policy, batch_size=16)
+    forward, seen = policy.head.forward, []
+
+    def spy(condition, mask, state, noisy, t):
+        seen.append((noisy.detach(), t.detach()))
+        return forward(condition, mask, state, noisy, t)
+
+    policy.head.forward = spy
+    reference = policy.compute_loss(batch, torch.Generator().manual_seed(3))
+    noisy, t = seen[-1]
+    given = t == 1.0
+    lengths = given.sum(dim=1)
+    assert t.shape == (16, policy.config.horizon)
+    assert all(given[i, :n].all() and not given[i, n:].any() for i, n in enumerate(lengths.tolist()))
+    assert lengths.max() <= 4 and len(set(lengths.tolist())) > 2
+    clean = policy.prepare_actions(batch["actions"])
+    torch.testing.assert_close(noisy[given], clean[given])
+    policy.head.forward = lambda *args: spy(*args) + 50.0 * given[:, :, None]
+    torch.testing.assert_close(policy.compute_loss(batch, torch.Generator().manual_seed(3)), reference)
+    policy.head.forward = lambda *args: spy(*args) + 50.0 * ~given[:, :, None]
+    assert policy.compute_loss(batch, torch.Generator().manual_seed(3)) > reference + 100
+
+
+def test_sampling_keeps_the_given_prefix_and_only_prefix_policies_take_one(profile):
+    base = _policy(profile).eval()
+    policy = _with_action_prefix(base, 4).eval()
+    prefix, state, noise = _sampling_inputs(policy)
+    given = torch.zeros(2, policy.config.horizon, dtype=torch.bool)
+    given[0, :3] = True
+    values = torch.randn(noise.shape)
+    with torch.no_grad():
+        chunk = policy.sample(prefix, state, 1, noise, given, values)
+        torch.testing.assert_close(chunk[0, :3], values[0, :3])
+        # the entries after it depend on the prefix; a sample without one is decoded as before
+        assert not torch.allclose(chunk[0, 3:], policy.sample(prefix, state, 1, noise)[0, 3:])
+        torch.testing.assert_close(chunk[1], policy.sample(prefix, state, 1, noise)[1], rtol=1e-5, atol=1e-5)
+        with pytest.raises(ValueError, match="not trained with an action prefix"):
+            base.sample(prefix, state, 1, noise, given, values)
+
+
+@pytest.mark.parametrize("steps", [-1, 10, True, 2.5])
+def test_action_prefix_steps_must_leave_part_of_the_chunk_to_predict(profile, steps):
+    values = _policy(profile).config.to_dict()
+    values["action_prefix_steps"] = steps
+    with pytest.raises(ConfigError, match="action_prefix_steps"):
+        PolicyConfig.from_dict(values)

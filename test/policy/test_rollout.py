@@ -76,7 +76,7 @@ def test_latency_ticks_delay_each_chunk_to_the_controller(latency_ticks):
     profile = load_profile("aloha_sim")
     controller = Controller(profile, ControllerConfig(soft_start_time=0.2))
     episode = rollout.drive(controller, AlohaSim("transfer_cube", cameras=()), 1001,
-                            lambda tick, observation: np.tile(observation["qpos"], (20, 1)), replan_ticks=5,
+                            lambda tick, observation, now: np.tile(observation["qpos"], (20, 1)), replan_ticks=5,
                             max_ticks=10, latency_ticks=latency_ticks)
     assert episode["interventions_ticks"]["hold"] == latency_ticks
     with pytest.raises(ValueError, match="latency-ticks"):
@@ -95,7 +95,7 @@ def test_each_behaviour_is_scored_by_its_own_detector():
     lift = rollout.demonstration(1001, sim, controller, 5, 20, behaviour="lift_place")
     assert lift["success_tick"] is not None and lift["through_controller"]["success"]
     plan = scripted_transfer_cube(1001).joint_actions
-    asked_to_lift = rollout.drive(controller, sim, 1001, lambda tick, _: plan[tick:tick + 20], 5, len(plan),
+    asked_to_lift = rollout.drive(controller, sim, 1001, lambda tick, *_: plan[tick:tick + 20], 5, len(plan),
                                   behaviour="lift_place")
     assert not asked_to_lift["success"]
     assert asked_to_lift["behaviour_completed"] == asked_to_lift["ended"] == "transfer"

@@ -223,3 +223,52 @@ def test_compiled_fixed_shape_path_matches_eager(checkpoint):
     for runtime in (eager, compiled):
         runtime.set_instruction("hand over the cube")
     np.testing.assert_allclose(compiled.predict(images, state), eager.predict(images, state), rtol=0, atol=1e-4)
+
+
+@pytest.fixture(scope="module", params=[False, True], ids=["absolute", "delta"])
+def prefix_checkpoint(request, tmp_path_factory):
+    """A tiny checkpoint that takes an action prefix of up to 4 entries (absolute or delta arms)."""
+    from vla_ros.policy.delta import arm_joint_names
+    from vla_ros.policy.model import PolicyConfig, VLAPolicy
+
+    profile = load_profile("aloha_stationary")
+    policy = build_random_policy("tiny", profile, CAMERAS, seed=2)
+    torch.nn.init.normal_(policy.head.velocity_out.weight, std=0.3)
+    values = policy.config.to_dict()
+    values["action_prefix_steps"] = 4
+    if request.param:
+        values["delta_actions"] = list(arm_joint_names(profile.vector_names, profile.gripper_indices))
+    rebuilt = VLAPolicy(PolicyConfig.from_dict(values), policy.backbone, policy.stats)
+    rebuilt.head.load_state_dict(policy.head.state_dict())
+    return save_checkpoint(rebuilt, tmp_path_factory.mktemp("prefix") / "ckpt")
+
+
+def test_an_action_prefix_starts_the_chunk_and_the_rest_continues_it(prefix_checkpoint):
+    runtime = PolicyRuntime(prefix_checkpoint, deterministic=True)
+    runtime.set_instruction("hand over the cube")
+    assert runtime.action_prefix_steps == 4
+    images, state = _observation()
+    free = runtime.predict(images, state)
+    prefix = free[:3] + 0.05
+    chunk = runtime.predict(images, state, action_prefix=prefix)
+    np.testing.assert_allclose(chunk[:3], prefix, rtol=0, atol=1e-5)
+    assert not np.allclose(chunk[3:], free[3:])
+    longer = np.concatenate([prefix, free[3:8] - 0.05])
+    kept = runtime.predict(images, state, action_prefix=longer)
+    np.testing.assert_allclose(kept[:4], longer[:4], rtol=0, atol=1e-5)  # the first action_prefix_steps only
+    assert not np.allclose(kept[4:8], longer[4:8], atol=1e-3)
+    np.testing.assert_array_equal(runtime.predict(images, state, action_prefix=np.zeros((0, 14))), free)
+
+
+def test_an_action_prefix_is_checked(runtime, prefix_checkpoint):
+    images, state = _observation()
+    with pytest.raises(ValueError, match="not trained with an action prefix"):
+        runtime.predict(images, state, action_prefix=np.zeros((2, 14)))
+    taking = PolicyRuntime(prefix_checkpoint, deterministic=True)
+    taking.set_instruction("hand over the cube")
+    with pytest.raises(ValueError, match=r"shape \(k, 14\)"):
+        taking.predict(images, state, action_prefix=np.zeros((2, 13)))
+    bad = np.zeros((2, 14))
+    bad[1, 3] = np.nan
+    with pytest.raises(ValueError, match="non-finite"):
+        taking.predict(images, state, action_prefix=bad)

@@ -48,6 +48,9 @@ def assets(tmp_path_factory):
     recommends = load_checkpoint(good)  # the same weights, decoded with correlated noise by default
     recommends.config.recommended_noise_correlation = 8.0
     save_checkpoint(recommends, root / "recommends_correlation")
+    takes_prefix = load_checkpoint(good)  # the same weights, given the plan's first 4 entries
+    takes_prefix.config.action_prefix_steps = 4
+    save_checkpoint(takes_prefix, root / "takes_prefix")
     bad = {}
     for name, value in (("nan", float("nan")), ("huge", 1e6)):
         policy = load_checkpoint(good)
@@ -377,6 +380,24 @@ def test_decodes_with_the_checkpoints_noise_unless_the_parameter_overrides_it(se
     assert decoding(checkpoint=checkpoint) == {"noise_correlation": "8.0", "decode_steps": "1"}
     assert decoding(checkpoint=checkpoint, noise_correlation=0.0)["noise_correlation"] == "0.0"
     assert decoding()["noise_correlation"] == "0.0"  # a checkpoint that recommends none: white noise
+
+
+def test_a_checkpoint_trained_with_an_action_prefix_is_given_the_plan(session_factory, assets):
+    """While armed, every chunk is predicted from the executor's targets from its observation's
+    capture on, as many as the checkpoint learnt (4) unless the parameter asks for fewer; a
+    checkpoint without a prefix is given none."""
+    checkpoint = str(Path(assets["good"]).parent / "takes_prefix")
+    s = session_factory(checkpoint=checkpoint)
+    assert s.enable_when_inputs_fresh().success
+    s.probe.wait_for(lambda: int(s.latest().get("inference_count", "0")) >= 10, 60.0, "10 inferences", s.node)
+    values = s.latest()
+    assert values["action_prefix_steps"] == "4" and float(values["action_prefix_given_p50"]) == 4.0, values
+    assert values["state"] in ("running", "ramping") and len(s.targets()) > 20
+    assert s.node.stop() == 0
+    for checkpoint, asked, used in ((checkpoint, 2, "2"), (checkpoint, 9, "4"), (assets["good"], -1, "0")):
+        session = session_factory(checkpoint=checkpoint, action_prefix_steps=asked)
+        assert session.latest()["action_prefix_steps"] == used
+        assert session.node.stop() == 0
 
 
 def test_inference_slowdown_holds_each_chunk_back_by_its_factor(session_factory):

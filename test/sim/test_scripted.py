@@ -98,7 +98,7 @@ def test_plan_through_the_controller_is_capped_only_during_the_soft_start(episod
     controller = Controller(profile, ControllerConfig())
     plan = episodes[SEEDS[0]].joint_actions
     result = drive(controller, AlohaSim("transfer_cube", cameras=()), SEEDS[0],
-                   lambda tick, _: plan[tick:tick + 20], round(REPLAN_PERIOD / profile.dt), len(plan))
+                   lambda tick, *_: plan[tick:tick + 20], round(REPLAN_PERIOD / profile.dt), len(plan))
     assert result["success"]
     assert result["interventions_ticks_after_soft_start"]["cap_acceleration"] == 0
     assert result["interventions_ticks"]["cap_acceleration"] < 0.1 * result["ticks"]

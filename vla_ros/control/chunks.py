@@ -16,11 +16,17 @@ Overlapping chunks are blended so that the target sequence has no jump when a ch
 While a chunk that ran out fades out it is extrapolated along its last segment, so chunks from a
 consistent policy blend into exactly its plan even when the horizon is shorter than
 latency + replan period + fade.
+
+`plan(start, count)` tells a policy what will run from an observation's capture on (the targets
+already handed out, then those the live chunks will give if no new chunk comes): the action prefix
+that a policy trained with one continues, so that consecutive chunks agree (real-time chunking).
 """
 
 from __future__ import annotations
 
+import copy
 import math
+from collections import deque
 
 import numpy as np
 
@@ -28,6 +34,8 @@ BLEND_MODES = ("ensemble", "crossfade", "replace")
 
 # Stamps are float seconds; this absorbs rounding in "capture + k*dt == now + dt".
 _TIME_TOLERANCE = 1e-6
+# Targets remembered for plan(): more ticks than any inference latency plus action prefix.
+HANDED_HISTORY = 64
 # Orders of magnitude beyond any joint range (a broken model or a unit mix-up); refusing such
 # chunks also keeps the blending arithmetic from overflowing to inf.
 MAX_ABS_VALUE = 1e9
@@ -87,6 +95,9 @@ class ChunkExecutor:
         self.action_dim = action_dim
         self._chunks: list[_Chunk] = []
         self._last_query: float | None = None
+        # (query time, target) of the targets handed out lately, oldest first: what plan() reports
+        # for times already past. A hold (no target) breaks the sequence.
+        self._handed: deque[tuple[float, np.ndarray]] = deque(maxlen=HANDED_HISTORY)
 
     @property
     def live_chunks(self) -> int:
@@ -98,6 +109,41 @@ class ChunkExecutor:
 
     def clear(self) -> None:
         self._chunks.clear()
+        self._handed.clear()
+
+    def plan(self, start: float, count: int) -> np.ndarray:
+        """The targets for start, start + dt, ... (at most `count`, (k, D)): those already handed
+        out (interpolated between ticks), then those target() will hand out if no chunk is added
+        (found on a copy, so nothing here changes). It stops at the first time nothing covers: the
+        time is older than the remembered targets, a hold broke them, or the chunks run out."""
+        entries: list[np.ndarray] = []
+        future: ChunkExecutor | None = None
+        for k in range(max(int(count), 0)):
+            query = start + k * self.dt
+            if self._last_query is not None and query <= self._last_query + _TIME_TOLERANCE:
+                value = self._handed_at(query)
+            else:
+                if future is None:
+                    future = copy.deepcopy(self)
+                value = future.target(query - self.dt)
+            if value is None:
+                break
+            entries.append(np.array(value, dtype=np.float64, copy=True))
+        width = self.action_dim or (entries[0].shape[0] if entries else 0)
+        return np.array(entries, dtype=np.float64).reshape(len(entries), width)
+
+    def _handed_at(self, query: float) -> np.ndarray | None:
+        """The handed-out target at `query`, interpolated between two consecutive ticks (at most
+        1.5 dt apart: a real timer jitters, a skipped tick means the plan was not followed)."""
+        handed = list(self._handed)
+        for index, (time, value) in enumerate(handed):
+            if abs(query - time) <= _TIME_TOLERANCE:
+                return value
+            if index + 1 < len(handed):
+                next_time, next_value = handed[index + 1]
+                if time < query < next_time and next_time - time <= 1.5 * self.dt:
+                    return value + (query - time) / (next_time - time) * (next_value - value)
+        return None
 
     def add_chunk(self, chunk, capture_time: float) -> bool:
         """Queue a chunk predicted from an observation captured at `capture_time`.
@@ -132,16 +178,20 @@ class ChunkExecutor:
         if not any(c.covers(query) for c in self._chunks):
             # Ran out: what is left is either in the past (dropped) or not yet started.
             self._chunks = [c for c in self._chunks if c.start > query]
+            self._handed.clear()
             return None
         for chunk in self._chunks:
             if chunk.first_used is None:
                 chunk.first_used = now
         if self.blend == "replace":
             del self._chunks[:-1]
-            return self._chunks[-1].at(query, self.dt).copy()
-        if self.blend == "crossfade":
-            return self._crossfade(now, query)
-        return self._ensemble(now, query)
+            value = self._chunks[-1].at(query, self.dt).copy()
+        elif self.blend == "crossfade":
+            value = self._crossfade(now, query)
+        else:
+            value = self._ensemble(now, query)
+        self._handed.append((query, value.copy()))  # the caller may change its copy
+        return value
 
     def _ramp_in(self, chunk: _Chunk, now: float) -> float:
         ticks_used = (now - chunk.first_used) / self.dt + 1.0

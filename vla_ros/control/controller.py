@@ -193,6 +193,13 @@ class Controller:
     def check_inputs(self, now: float, joint_state_stamps, camera_stamps) -> GateResult:
         return self.gate.check(now, joint_state_stamps or {}, camera_stamps or {})
 
+    def planned_targets(self, capture_time: float, count: int) -> np.ndarray:
+        """Up to `count` targets from `capture_time` on, one tick apart: what runs anyway while a
+        chunk from that observation is computed (ChunkExecutor.plan); empty when disarmed."""
+        if not self.safety.armed:
+            return np.zeros((0, self.profile.action_dim))
+        return self.executor.plan(capture_time, count)
+
     def on_chunk(self, chunk, capture_time: float, now: float | None = None) -> bool:
         """Queue a predicted chunk (capture_time: the GateResult's). Never raises: a rejected chunk
         is counted (chunks_rejected:<why>) and the executor keeps what it had."""

@@ -18,6 +18,12 @@ Decoding integrates dx/dt = v from t = 0 to t = 1 with Euler steps, on a uniform
 on the training distribution's grid (`time_grid(steps, alpha)`: the shift applied to the uniform
 grid, so the steps are dense where training put its samples); one step is a_hat = e + v(e, 0, c)
 on either grid.
+
+Action prefix (training-time action conditioning, the one-step form of real-time chunking, Black
+et al. 2025): the first d entries of a chunk may be GIVEN, the actions the robot will execute
+anyway while the chunk is being computed. Given entries carry t = 1 (clean) and their true values,
+the head predicts the rest at the sampled time, and the loss skips them; at run time the given
+entries stay fixed through every step. The time is then per entry, (B, H) instead of (B,).
 """
 
 from __future__ import annotations
@@ -30,8 +36,8 @@ VelocityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def _per_sample(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """Broadcast a (B,) time over the trailing dims of `like` (B, ...)."""
-    return t.reshape(t.shape[0], *([1] * (like.dim() - 1))).to(like.dtype)
+    """Broadcast a (B,) time, or a (B, H) time per chunk entry, over the trailing dims of `like`."""
+    return t.reshape(*t.shape, *([1] * (like.dim() - t.dim()))).to(like.dtype)
 
 
 def interpolate(action: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -98,17 +104,32 @@ def time_grid(steps: int, alpha: float = 1.0) -> list[float]:
     return [float(t) for t in shift_time(uniform, alpha)]
 
 
-def euler_sample(velocity: VelocityFn, noise: torch.Tensor, steps: int, alpha: float = 1.0) -> torch.Tensor:
+def prefix_times(t: torch.Tensor, given: torch.Tensor) -> torch.Tensor:
+    """(B,) times -> (B, H) times per entry: 1 (clean) where `given` (B, H) bool, else t."""
+    return torch.where(given, torch.ones_like(t)[:, None], t[:, None].expand(given.shape))
+
+
+def euler_sample(velocity: VelocityFn, noise: torch.Tensor, steps: int, alpha: float = 1.0,
+                 given: torch.Tensor | None = None, given_values: torch.Tensor | None = None) -> torch.Tensor:
     """Integrate from noise (t = 0) to an action (t = 1) with `steps` Euler steps on
     time_grid(steps, alpha) (alpha = 1: uniform).
 
-    velocity(x, t) gets t as a (B,) tensor; the condition is closed over by the caller so that it
-    is computed once per observation and reused by every step.
+    velocity(x, t) gets t as a (B,) tensor, or (B, H) with an action prefix; the condition is
+    closed over by the caller so that it is computed once per observation and reused by every step.
+    given (B, H) bool and given_values (like noise): entries that are fixed to their values (t = 1
+    for them at every step); None: no prefix, as every checkpoint before prefixes existed.
     """
     grid = time_grid(steps, alpha)
-    x = noise
     batch = noise.shape[0]
+    if given is None:
+        x = noise
+        for start, end in zip(grid[:-1], grid[1:]):
+            t = torch.full((batch,), start, dtype=noise.dtype, device=noise.device)
+            x = x + (end - start) * velocity(x, t)
+        return x
+    fixed = given[..., None]
+    x = torch.where(fixed, given_values, noise)
     for start, end in zip(grid[:-1], grid[1:]):
-        t = torch.full((batch,), start, dtype=noise.dtype, device=noise.device)
-        x = x + (end - start) * velocity(x, t)
+        t = prefix_times(torch.full((batch,), start, dtype=noise.dtype, device=noise.device), given)
+        x = torch.where(fixed, x, x + (end - start) * velocity(x, t))
     return x

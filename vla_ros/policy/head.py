@@ -6,7 +6,8 @@ One sequence per sample:
 
 Each action token carries its noisy action x_t, a learned chunk-position embedding and the flow
 time t (a sinusoidal embedding mixed into the token by an MLP, so the time can modulate every
-action feature). The head returns one velocity per action token; with the convention of flow.py
+action feature). t is one time per sample (B,) or one per chunk entry (B, H): entries given as an
+action prefix carry t = 1 (flow.py). The head returns one velocity per action token; with the convention of flow.py
 (t = 0 noise, t = 1 action) that velocity is d x_t / dt.
 
 Attention layout (HeadConfig.attention, recorded in every checkpoint):
@@ -104,12 +105,12 @@ class HeadCache(NamedTuple):
 
 
 def sinusoidal_embedding(t: Tensor, dim: int, max_period: float = 10_000.0) -> Tensor:
-    """(B,) times in [0, 1] -> (B, dim) sin/cos features; t is scaled by 1000 so that the
-    highest frequencies resolve the small time differences near the noise end."""
+    """(B,) or (B, H) times in [0, 1] -> (..., dim) sin/cos features; t is scaled by 1000 so that
+    the highest frequencies resolve the small time differences near the noise end."""
     half = dim // 2
     exponent = torch.arange(half, dtype=torch.float32, device=t.device) / half
     frequencies = torch.exp(-math.log(max_period) * exponent)
-    angles = (t.float() * 1000.0)[:, None] * frequencies[None, :]
+    angles = (t.float() * 1000.0)[..., None] * frequencies
     return torch.cat([torch.sin(angles), torch.cos(angles)], dim=-1)
 
 
@@ -208,8 +209,8 @@ class ActionHead(nn.Module):
         c = self.config
         if noisy_actions.shape != (batch, c.horizon, c.action_dim):
             raise ValueError(f"noisy_actions must be {(batch, c.horizon, c.action_dim)}, got {tuple(noisy_actions.shape)}")
-        if t.shape != (batch,):
-            raise ValueError(f"t must be ({batch},), got {tuple(t.shape)}")
+        if t.shape not in ((batch,), (batch, c.horizon)):
+            raise ValueError(f"t must be ({batch},) or ({batch}, {c.horizon}), got {tuple(t.shape)}")
 
     # ---- tokens and masks --------------------------------------------------------------------
     def _condition_and_state_tokens(self, condition: Tensor, state: Tensor) -> Tensor:
@@ -222,7 +223,8 @@ class ActionHead(nn.Module):
         dtype = self.action_in.weight.dtype
         action_tokens = self.action_in(noisy_actions.to(dtype)) + self.action_position + self.token_type[2]
         time = sinusoidal_embedding(t, self.config.width).to(dtype)
-        time = time.unsqueeze(1).expand(-1, self.config.horizon, -1)
+        if t.dim() == 1:
+            time = time.unsqueeze(1).expand(-1, self.config.horizon, -1)
         return self.time_mix(torch.cat([action_tokens, time], dim=-1))
 
     @staticmethod
@@ -246,8 +248,8 @@ class ActionHead(nn.Module):
     def forward(self, condition: Tensor, condition_mask: Tensor | None, state: Tensor,
                 noisy_actions: Tensor, t: Tensor) -> Tensor:
         """condition (B, N, condition_dim), condition_mask (B, N) bool (True = real token) or None,
-        state (B, state_dim) normalised, noisy_actions (B, horizon, action_dim) = x_t, t (B,) in
-        [0, 1] -> velocity (B, horizon, action_dim). The whole sequence in one pass (training)."""
+        state (B, state_dim) normalised, noisy_actions (B, horizon, action_dim) = x_t, t (B,) or
+        (B, horizon) in [0, 1] -> velocity (B, horizon, action_dim). The whole sequence in one pass (training)."""
         self._check_condition(condition, condition_mask, state)
         batch, tokens = condition.shape[:2]
         self._check_actions(batch, noisy_actions, t)

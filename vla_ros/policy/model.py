@@ -34,7 +34,7 @@ from torch import nn
 from vla_ros.policy.backbone import FAMILIES, VLMBackbone
 from vla_ros.policy.crop import check_region
 from vla_ros.policy.delta import delta_layout, from_delta, to_delta
-from vla_ros.policy.flow import euler_sample, flow_loss, interpolate, sample_time, velocity_target
+from vla_ros.policy.flow import euler_sample, flow_loss, interpolate, prefix_times, sample_time, velocity_target
 from vla_ros.policy.head import ActionHead, HeadConfig
 from vla_ros.policy.normalize import MODES, Normalizer, NormStats
 
@@ -65,6 +65,10 @@ class PolicyConfig:
     # Correlation length (horizon steps) of the initial noise that runtimes use unless told
     # otherwise (vla_ros.policy.noise); 0: white noise, as every checkpoint was decoded before.
     recommended_noise_correlation: float = 0.0
+    # The most leading chunk entries the head was trained to take as given (an action prefix:
+    # what the robot executes anyway while the next chunk is computed; flow.py). 0: none, every
+    # checkpoint written before prefixes existed.
+    action_prefix_steps: int = 0
     robot_profile: str = ""
     normalization: str = "mean_std"
     # Action dims learned as offsets from the state dim of the same name (vla_ros.policy.delta);
@@ -99,6 +103,9 @@ class PolicyConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 problems.append(f"{name} must be a positive integer, got {value!r}")
+        prefix_steps = self.action_prefix_steps
+        if isinstance(prefix_steps, bool) or not isinstance(prefix_steps, int) or not 0 <= prefix_steps < self.horizon:
+            problems.append(f"action_prefix_steps must be an integer in [0, horizon), got {prefix_steps!r}")
         correlation = self.recommended_noise_correlation
         if isinstance(correlation, bool) or not isinstance(correlation, (int, float)) or not 0 <= correlation < 1e6:
             problems.append(f"recommended_noise_correlation must be a number of horizon steps >= 0, got {correlation!r}")
@@ -257,15 +264,23 @@ class VLAPolicy(nn.Module):
         embedding scales t by 1000, where bfloat16 rounding would be visible."""
         return self.head(prefix.tokens, prefix.mask, state, x_t, t.float()).float()
 
-    def sample(self, prefix: Prefix, state: torch.Tensor, steps: int, noise: torch.Tensor) -> torch.Tensor:
+    def sample(self, prefix: Prefix, state: torch.Tensor, steps: int, noise: torch.Tensor,
+               given: torch.Tensor | None = None, given_values: torch.Tensor | None = None) -> torch.Tensor:
         """Normalised action chunk from `noise` (B, H, action_dim) with `steps` Euler steps.
 
-        A block-causal head computes the condition's keys and values once and every step runs the
-        action tokens only; a bidirectional head (older checkpoints) reruns the whole sequence."""
+        given (B, H) bool / given_values (B, H, action_dim) normalised: an action prefix kept as it
+        is (only for a head trained with one: config.action_prefix_steps). A block-causal head
+        computes the condition's keys and values once and every step runs the action tokens only;
+        a bidirectional head (older checkpoints) reruns the whole sequence."""
+        if given is not None and not self.config.action_prefix_steps:
+            raise ValueError("this policy was not trained with an action prefix (action_prefix_steps is 0)")
+        values = None if given_values is None else given_values.float()
         if not self.head.cacheable:
-            return euler_sample(lambda x, t: self.velocity(prefix, x, t, state), noise.float(), steps)
+            return euler_sample(lambda x, t: self.velocity(prefix, x, t, state), noise.float(), steps,
+                                given=given, given_values=values)
         cache = self.head.encode_condition(prefix.tokens, prefix.mask, state)
-        return euler_sample(lambda x, t: self.head.step(cache, x, t.float()).float(), noise.float(), steps)
+        return euler_sample(lambda x, t: self.head.step(cache, x, t.float()).float(), noise.float(), steps,
+                            given=given, given_values=values)
 
     # ---- training ----------------------------------------------------------------------------
     def compute_loss(self, batch: dict, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -286,8 +301,15 @@ class VLAPolicy(nn.Module):
         random_device = generator.device if generator is not None else device
         noise = torch.randn(actions.shape, generator=generator, device=random_device).to(device)
         t = sample_time(batch_size, self.config.alpha, self.config.beta, generator, random_device).to(device)
-        predicted = self.velocity(prefix, interpolate(actions, noise, t), t, state)
         mask = self.action_dim_mask.expand_as(actions)
+        if self.config.action_prefix_steps:
+            # A prefix of 0..action_prefix_steps entries is given clean (t = 1) and not scored.
+            given_steps = torch.randint(0, self.config.action_prefix_steps + 1, (batch_size,), generator=generator,
+                                        device=random_device).to(device)
+            given = torch.arange(self.config.horizon, device=device)[None, :] < given_steps[:, None]
+            t = prefix_times(t, given)
+            mask = mask & ~given[:, :, None]
+        predicted = self.velocity(prefix, interpolate(actions, noise, t), t, state)
         if batch.get("action_is_pad") is not None:
             mask = mask & ~batch["action_is_pad"].to(device=device, dtype=torch.bool)[:, :, None]
         return flow_loss(predicted, velocity_target(actions, noise), mask)

@@ -70,8 +70,8 @@ def roughness(values: np.ndarray, order: int = 1) -> float:
 
 def drive(controller: Controller, sim: AlohaSim, seed: int, chunk_for, replan_ticks: int,
           max_ticks: int = EPISODE_LEN, latency_ticks: int = 0, behaviour: str = TRANSFER) -> dict:
-    """One closed-loop episode on `seed`: every `replan_ticks` ticks chunk_for(tick, observation)
-    gives a chunk captured now, which reaches the controller `latency_ticks` ticks later (stamped
+    """One closed-loop episode on `seed`: every `replan_ticks` ticks chunk_for(tick, observation,
+    now) gives a chunk captured now, which reaches the controller `latency_ticks` ticks later (stamped
     with its capture time, as the node's inference latency delays it); every tick the controller's
     command drives the simulator; ends at the first behaviour completed (success if it is
     `behaviour`), at a stop of the controller (fault) or after max_ticks. The clock goes on from
@@ -92,7 +92,7 @@ def drive(controller: Controller, sim: AlohaSim, seed: int, chunk_for, replan_ti
     for tick in range(max_ticks):
         now = origin + tick * controller.dt
         if tick % replan_ticks == 0:
-            chunks.append(chunk_for(tick, observation))
+            chunks.append(chunk_for(tick, observation, now))
             in_flight.append((tick + latency_ticks, now, chunks[-1]))
         while in_flight and in_flight[0][0] <= tick:
             _, captured, chunk = in_flight.pop(0)
@@ -139,13 +139,19 @@ def drive(controller: Controller, sim: AlohaSim, seed: int, chunk_for, replan_ti
 
 def run_episode(runtime: PolicyRuntime, controller: Controller, sim: AlohaSim, seed: int,
                 replan_ticks: int, max_ticks: int = EPISODE_LEN, latency_ticks: int = 0,
-                behaviour: str = TRANSFER) -> dict:
-    """One policy episode on `seed`; the runtime starts a new noise episode, as on the node's enable."""
+                behaviour: str = TRANSFER, action_prefix_steps: int = 0) -> dict:
+    """One policy episode on `seed`; the runtime starts a new noise episode, as on the node's enable.
+    action_prefix_steps > 0: each chunk is given that many of the controller's planned targets from
+    its capture on, as policy_node gives them."""
     cameras = {name: SIM_CAMERA_FOR_PROFILE_CAMERA[name] for name in controller.profile.camera_names}
     runtime.new_episode()
-    return drive(controller, sim, seed, lambda tick, observation: runtime.predict(
-        {name: observation["images"][sim_name] for name, sim_name in cameras.items()}, observation["qpos"]),
-        replan_ticks, max_ticks, latency_ticks, behaviour)
+
+    def chunk_for(tick, observation, now):
+        prefix = controller.planned_targets(now, action_prefix_steps) if action_prefix_steps else None
+        return runtime.predict({name: observation["images"][sim_name] for name, sim_name in cameras.items()},
+                               observation["qpos"], action_prefix=prefix)
+
+    return drive(controller, sim, seed, chunk_for, replan_ticks, max_ticks, latency_ticks, behaviour)
 
 
 def demonstration(seed: int, sim: AlohaSim, controller: Controller, replan_ticks: int, horizon: int,
@@ -163,7 +169,7 @@ def demonstration(seed: int, sim: AlohaSim, controller: Controller, replan_ticks
             success_tick = tick + 1
             break
     window = plan[:success_tick] if success_tick else plan
-    through = drive(controller, sim, seed, lambda tick, _: plan[tick:tick + horizon], replan_ticks, len(plan),
+    through = drive(controller, sim, seed, lambda tick, *_: plan[tick:tick + horizon], replan_ticks, len(plan),
                     behaviour=behaviour)
     return {"success_tick": success_tick, "roughness": roughness(window), "roughness_second": roughness(window, 2),
             "roughness_full_plan": roughness(plan),
@@ -211,8 +217,9 @@ def rollout(checkpoint, episodes: int = 10, seed: int = 1000, chunk_blend: str =
             deterministic: bool = False, noise_scale: float = 1.0, noise_correlation: float | None = None,
             noise_per_episode: bool = False, runtime_seed: int = 0, demonstrations: bool = True,
             max_ticks: int = EPISODE_LEN, soft_start_time: float = ControllerConfig.soft_start_time,
-            progress=None, latency_ticks: int = 0, behaviour: str = TRANSFER) -> dict:
-    """The report as a dict (see the module docstring)."""
+            progress=None, latency_ticks: int = 0, behaviour: str = TRANSFER, action_prefix_steps: int = -1) -> dict:
+    """The report as a dict (see the module docstring). action_prefix_steps as policy_node's
+    parameter: -1 the checkpoint's, 0 none, else at most the checkpoint's."""
     if behaviour not in BEHAVIOURS:
         raise ValueError(f"unknown behaviour {behaviour!r} (the scene has {', '.join(BEHAVIOURS)})")
     if episodes < 1 or max_ticks < 1:
@@ -224,6 +231,8 @@ def rollout(checkpoint, episodes: int = 10, seed: int = 1000, chunk_blend: str =
                             noise_scale=noise_scale, noise_correlation=noise_correlation,
                             noise_per_episode=noise_per_episode)
     runtime.set_instruction(INSTRUCTIONS[behaviour])
+    trained = runtime.action_prefix_steps
+    prefix_steps = trained if action_prefix_steps < 0 else min(action_prefix_steps, trained)
     sizes = runtime.config.extra.get("training", {}).get("camera_image_sizes") or {}
     height, width = next(iter(sizes.values()), (profile.cameras[0].height, profile.cameras[0].width))
     sim = AlohaSim("transfer_cube", cameras=tuple(SIM_CAMERA_FOR_PROFILE_CAMERA[c] for c in profile.camera_names),
@@ -237,7 +246,7 @@ def rollout(checkpoint, episodes: int = 10, seed: int = 1000, chunk_blend: str =
     demo_controller = Controller(profile, config)
     for index in range(1, episodes + 1):
         results.append(run_episode(runtime, controller, sim, seed + index, replan_ticks, max_ticks,
-                                   latency_ticks, behaviour))
+                                   latency_ticks, behaviour, prefix_steps))
         if demo_sim is not None:
             demos.append(demonstration(seed + index, demo_sim, demo_controller, replan_ticks,
                                        runtime.config.horizon, behaviour))
@@ -261,6 +270,7 @@ def rollout(checkpoint, episodes: int = 10, seed: int = 1000, chunk_blend: str =
         "soft_start_time": soft_start_time,
         "replan_ticks": replan_ticks,
         "latency_ticks": latency_ticks,
+        "action_prefix_steps": prefix_steps,
         "torch_threads": torch.get_num_threads(),
         "wall_s": round(time.monotonic() - started, 1),
         "summary": summarize(results, demos),
@@ -290,6 +300,9 @@ def main(argv: list[str]) -> int:
                         help="s of reduced speed after enable (policy_node's soft_start_time)")
     parser.add_argument("--latency-ticks", type=int, default=0,
                         help="each chunk reaches the controller this many ticks after its observation")
+    parser.add_argument("--action-prefix-steps", type=int, default=-1,
+                        help="planned targets given to a checkpoint trained with an action prefix (policy_node's "
+                             "action_prefix_steps; -1: the checkpoint's, 0: none)")
     parser.add_argument("--report", help="also write the JSON here")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -297,7 +310,8 @@ def main(argv: list[str]) -> int:
         report = rollout(args.checkpoint, args.episodes, args.seed, args.chunk_blend, args.deterministic,
                          args.noise_scale, args.noise_correlation, args.noise_per_episode, args.runtime_seed,
                          not args.no_demonstrations, args.max_ticks, args.soft_start_time, progress=lambda line: print(line, file=sys.stderr, flush=True),
-                         latency_ticks=args.latency_ticks, behaviour=args.behaviour)
+                         latency_ticks=args.latency_ticks, behaviour=args.behaviour,
+                         action_prefix_steps=args.action_prefix_steps)
     except (ValueError, OSError, CheckpointError) as error:
         print(f"vla-ros rollout: {error}", file=sys.stderr)
         return 1
@@ -307,7 +321,7 @@ def main(argv: list[str]) -> int:
         Path(args.report).write_text(text)
     print(json.dumps({"report": args.report, "config": {k: report[k] for k in (
         "behaviour", "steps", "deterministic", "noise_scale", "noise_correlation", "noise_per_episode", "chunk_blend",
-        "soft_start_time", "latency_ticks")},
+        "soft_start_time", "latency_ticks", "action_prefix_steps")},
         **report["summary"]}, indent=1) if args.report else text)
     return 0
 

@@ -9,6 +9,11 @@ sampling options of vla_ros.policy.noise (scale, correlation along the horizon, 
 episode). By default every call draws fresh noise with the correlation the checkpoint recommends
 (white noise for checkpoints that recommend none, as before the options existed).
 
+A checkpoint trained with an action prefix (config.action_prefix_steps > 0) also takes the targets
+the robot will execute anyway from the observation's capture on (`action_prefix`, absolute joint
+targets): they are held fixed and the chunk is decoded to continue them (flow.py), so that
+consecutive chunks agree instead of each starting from its own noise draw.
+
 On CUDA the model runs in bfloat16 (the normaliser stays float32), and the fixed-shape part
 (pixels + tokens + state + noise -> actions) is compiled with torch.compile(mode="reduce-overhead"),
 i.e. captured as CUDA graphs, and warmed up at construction so the first real tick is not slow.
@@ -30,6 +35,7 @@ import torch
 
 from vla_ros.policy import checkpoint as checkpoints
 from vla_ros.policy.crop import crop_frames
+from vla_ros.policy.delta import to_delta
 from vla_ros.policy.model import VLAPolicy
 from vla_ros.policy.noise import InitialNoise
 from vla_ros.robot.profile import RobotProfile
@@ -90,6 +96,9 @@ class PolicyRuntime:
         self._noise = torch.zeros(1, config.horizon, config.action_dim, device=self.device)
         self._state_host = self._host_tensor((1, config.real_state_dim), torch.float32)
         self._actions_host = torch.empty(config.horizon, config.real_action_dim, dtype=torch.float32)
+        # Fixed-shape prefix buffers (a compiled graph sees one shape whatever the prefix length).
+        self._given = torch.zeros(1, config.horizon, dtype=torch.bool, device=self.device)
+        self._given_raw = torch.zeros(1, config.horizon, config.real_action_dim, device=self.device)
         self._image_hosts: dict[tuple, torch.Tensor] = {}
         self._text: tuple[torch.Tensor, torch.Tensor] | None = None
         self.instruction: str | None = None
@@ -128,11 +137,22 @@ class PolicyRuntime:
         with self._lock:
             self.initial_noise.new_episode()
 
-    def predict(self, images: Mapping[str, np.ndarray], state: np.ndarray, steps: int | None = None) -> np.ndarray:
-        """images: camera key -> HxWx3 uint8; state: raw (state dims,) -> (horizon, action dims) float64."""
+    @property
+    def action_prefix_steps(self) -> int:
+        """How many leading chunk entries predict() can take as given (0: this checkpoint takes none)."""
+        return self.config.action_prefix_steps
+
+    def predict(self, images: Mapping[str, np.ndarray], state: np.ndarray, steps: int | None = None,
+                action_prefix: np.ndarray | None = None) -> np.ndarray:
+        """images: camera key -> HxWx3 uint8; state: raw (state dims,) -> (horizon, action dims) float64.
+
+        action_prefix: (k, action dims) absolute targets for the chunk's first k entries (from the
+        observation's capture on, one tick apart), kept as they are in the returned chunk; entries
+        beyond action_prefix_steps are not used. Only for checkpoints trained with a prefix."""
         steps = self.steps if steps is None else self._check_steps(steps)
         state_array = self._check_state(state)
         arrays = self._check_images(images)
+        prefix = None if action_prefix is None else self._check_action_prefix(action_prefix)
         with self._lock, torch.inference_mode():
             text = self._require_instruction()
             pixels = self._pixels(arrays)
@@ -142,7 +162,14 @@ class PolicyRuntime:
                 self._noise.zero_()
             else:
                 self.initial_noise.fill(self._noise)
-            actions = self._core(pixels, text[0], text[1], state_tensor, self._noise, steps)
+            given = None
+            if self.action_prefix_steps:
+                self._given.zero_()
+                if prefix is not None and len(prefix):
+                    self._given[0, :len(prefix)] = True
+                    self._given_raw[0, :len(prefix)] = torch.from_numpy(prefix).to(self.device)
+                given = (self._given, self._given_raw)
+            actions = self._core(pixels, text[0], text[1], state_tensor, self._noise, steps, given)
             self._actions_host.copy_(actions[0])
             return self._actions_host.numpy().astype(np.float64)
 
@@ -156,9 +183,15 @@ class PolicyRuntime:
                 torch.cuda.synchronize(self.device)
 
     # ---- internals ---------------------------------------------------------------------------
-    def _forward(self, pixels, text_ids, text_mask, state, noise, steps: int) -> torch.Tensor:
+    def _forward(self, pixels, text_ids, text_mask, state, noise, steps: int, given=None) -> torch.Tensor:
         prefix = self.policy.encode_pixels(pixels, text_ids, text_mask)
-        normalised = self.policy.sample(prefix, self.policy.prepare_state(state), steps, noise)
+        given_mask = given_values = None
+        if given is not None:
+            given_mask, raw = given
+            if self.config.delta_actions:
+                raw = to_delta(raw, state, self.policy.delta_source, self.policy.delta_mask)
+            given_values = self.policy.prepare_actions(raw)
+        normalised = self.policy.sample(prefix, self.policy.prepare_state(state), steps, noise, given_mask, given_values)
         return self.policy.finish_actions(normalised, state)  # delta actions: offsets from state
 
     def _prefix(self, pixels, text_ids, text_mask) -> torch.Tensor:
@@ -171,8 +204,9 @@ class PolicyRuntime:
         ids, mask = (t.to(self.device) for t in self.policy.backbone.tokenize([""]))
         state = torch.zeros(1, config.real_state_dim, device=self.device)
         with torch.inference_mode():
+            given = (self._given, self._given_raw) if self.action_prefix_steps else None
             for _ in range(WARMUP_CALLS):
-                self._core(pixels, ids, mask, state, self._noise, self.steps)
+                self._core(pixels, ids, mask, state, self._noise, self.steps, given)
                 self._prefix_core(pixels, ids, mask)
         torch.cuda.synchronize(self.device)
 
@@ -225,6 +259,20 @@ class PolicyRuntime:
             bad = [self.config.state_names[i] for i in np.flatnonzero(~np.isfinite(array))]
             raise ValueError(f"state has non-finite values in {bad}")
         return array.reshape(1, expected)
+
+    def _check_action_prefix(self, prefix) -> np.ndarray:
+        if not self.action_prefix_steps:
+            raise ValueError("this checkpoint was not trained with an action prefix (action_prefix_steps is 0)")
+        dims = self.config.real_action_dim
+        try:
+            array = np.asarray(prefix, dtype=np.float32)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"action_prefix must be a numeric (k, {dims}) array: {error}") from error
+        if array.ndim != 2 or array.shape[1] != dims:
+            raise ValueError(f"action_prefix must have shape (k, {dims}), got {array.shape}")
+        if not np.isfinite(array).all():
+            raise ValueError("action_prefix has non-finite values")
+        return array[: self.action_prefix_steps]
 
     def _check_images(self, images) -> list[np.ndarray]:
         if not isinstance(images, Mapping):

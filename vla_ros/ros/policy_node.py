@@ -54,6 +54,10 @@ PARAMETERS = (
     ParamSpec("noise_correlation", -1.0, "correlation length of the initial noise along the chunk's horizon, in "
               "steps (squared-exponential kernel, unit variance); 0: white noise; < 0 (-1): the "
               "checkpoint's recommended_noise_correlation", minimum=-1.0, maximum=1000.0),
+    ParamSpec("action_prefix_steps", -1, "checkpoints trained with an action prefix: how many of the targets that "
+              "run from an observation's capture on the policy is given, so that each chunk continues the "
+              "last (docs/experiments.md, 'Chunks that continue the last one'); -1: the checkpoint's "
+              "action_prefix_steps; 0: none; ignored by checkpoints trained without", minimum=-1, maximum=1000),
     ParamSpec("noise_per_episode", False, "draw the initial noise once per enable and reuse it for every chunk"),
     ParamSpec("dry_run", False, "publish commands under ~/dry_run/<the driver's topic> instead of to the arms "
               "(no tracking bound: the arms do not follow); can change only while disarmed", live=True),
@@ -122,6 +126,7 @@ class PolicyNode(Node):
         self.instruction = self.params["instruction"]
         self.inference_ms: deque[float] = deque(maxlen=500)  # observation to chunk, as the executor sees it
         self.inference_compute_ms: deque[float] = deque(maxlen=500)  # the model's own time
+        self.action_prefix_given: deque[int] = deque(maxlen=500)  # entries of the plan each chunk continued
         self.tick_intervals: deque[float] = deque(maxlen=2000)
         self.commands_published = 0
         self._last_tick: float | None = None
@@ -143,6 +148,10 @@ class PolicyNode(Node):
         ))
         self.controller_lock = threading.Lock()
         self.runtime = self._load_runtime(runtime_factory)
+        # The action prefix handed to the policy: the parameter, capped at what the checkpoint learnt.
+        trained = self.runtime.action_prefix_steps if self.runtime is not None else 0
+        requested = self.params["action_prefix_steps"]
+        self.action_prefix_steps = trained if requested < 0 else min(requested, trained)
 
         compressed = self.params["image_transport"] == "compressed"
         image_type = CompressedImage if compressed else Image
@@ -426,9 +435,14 @@ class PolicyNode(Node):
         frames = self._decoded_frames(images)
         if frames is None:
             return
+        prefix = None
+        if self.action_prefix_steps:
+            with self.controller_lock:
+                prefix = self.controller.planned_targets(gate.capture_time, self.action_prefix_steps)
+            self.action_prefix_given.append(len(prefix))
         started = time.perf_counter()
         try:
-            chunk = self.runtime.predict(frames, measured)
+            chunk = self.runtime.predict(frames, measured, action_prefix=prefix)
         except Exception as exc:  # reported and held by the controller (no chunk)
             self.inputs.count_error("inference_error", f"inference: {type(exc).__name__}: {exc}")
             return
@@ -525,7 +539,9 @@ class PolicyNode(Node):
             "last_input_error": last_error,
         })
         if self.runtime is not None:  # how it decodes: the checkpoint's recommendations unless overridden
-            values.update(decode_steps=self.runtime.steps, **self.runtime.initial_noise.describe())
+            values.update(decode_steps=self.runtime.steps, action_prefix_steps=self.action_prefix_steps,
+                          action_prefix_given_p50=_percentile(self.action_prefix_given, 50),
+                          **self.runtime.initial_noise.describe())
         for name, stamp in {**{f"age_joint_states:{k}": v for k, v in joint_stamps.items()},
                             **{f"age_camera:{k}": v for k, v in camera_stamps.items()}}.items():
             values[name] = float("inf") if stamp is None else now - stamp
