@@ -130,3 +130,24 @@ def test_an_action_prefix_is_kept_at_every_step_and_seen_at_time_one(steps):
     assert seen[0][1].eq(0).all() and seen[0][0, 2:].eq(0).all()
     plain = flow.euler_sample(lambda x, t: torch.ones_like(x), noise, steps)
     torch.testing.assert_close(out[1], plain[1])
+
+
+def test_join_prefix_leaves_the_prefix_with_its_position_and_velocity():
+    """A decoded part that starts off the prefix is bent to start where the prefix's velocity
+    leads and at that velocity; the prefix and the chunk's last entry stay; a decoded part that
+    already continues the prefix, and rows with fewer than 2 given entries, are unchanged."""
+    horizon = 12
+    line = torch.arange(horizon, dtype=torch.float64)[None, :, None] * torch.tensor([0.1, -0.2])  # (1, 12, 2)
+    given = torch.arange(horizon)[None, :] < 5
+    torch.testing.assert_close(flow.join_prefix(line, given), line)
+    off = line.clone()
+    off[:, 5:] += torch.tensor([0.3, 0.1]) + 0.05 * torch.arange(7, dtype=torch.float64)[None, :, None]
+    joined = flow.join_prefix(off, given)
+    torch.testing.assert_close(joined[:, :5], line[:, :5])
+    torch.testing.assert_close(joined[:, -1], off[:, -1])
+    torch.testing.assert_close(joined[:, 5], line[:, 5])  # where the prefix's velocity leads
+    torch.testing.assert_close(joined[:, 6] - joined[:, 5], line[:, 6] - line[:, 5], atol=0.04, rtol=0)  # was 0.3 off
+    assert (joined[:, 2:] - 2 * joined[:, 1:-1] + joined[:, :-2]).abs().max() < 0.1  # no spike
+    assert (off[:, 2:] - 2 * off[:, 1:-1] + off[:, :-2]).abs().max() > 0.3
+    one = torch.arange(horizon)[None, :] < 1
+    torch.testing.assert_close(flow.join_prefix(off, one), off)

@@ -24,6 +24,9 @@ et al. 2025): the first d entries of a chunk may be GIVEN, the actions the robot
 anyway while the chunk is being computed. Given entries carry t = 1 (clean) and their true values,
 the head predicts the rest at the sampled time, and the loss skips them; at run time the given
 entries stay fixed through every step. The time is then per entry, (B, H) instead of (B,).
+`join_prefix` then makes the decoded part leave the prefix with the prefix's own position and
+velocity: a one-step decode starts a little off the prefix (its noise residue), and a step there
+would be a spike of acceleration at every chunk.
 """
 
 from __future__ import annotations
@@ -133,3 +136,31 @@ def euler_sample(velocity: VelocityFn, noise: torch.Tensor, steps: int, alpha: f
         t = prefix_times(torch.full((batch,), start, dtype=noise.dtype, device=noise.device), given)
         x = torch.where(fixed, x, x + (end - start) * velocity(x, t))
     return x
+
+
+def join_prefix(chunk: torch.Tensor, given: torch.Tensor) -> torch.Tensor:
+    """chunk (B, H, D) whose first k entries (given (B, H) bool, a leading block) are a prefix:
+    the decoded entries after it, bent by a cubic Hermite correction that is largest at the
+    junction and gone (with its slope) at the chunk's end, so that they start where the prefix's
+    last velocity leads and at that velocity. Rows with fewer than 2 given entries, or fewer than 2
+    decoded ones, are returned as they are. Fixed shapes, no data-dependent branches (compilable)."""
+    batch, horizon, dims = chunk.shape
+    given_steps = given.sum(dim=1)
+    usable = (given_steps >= 2) & (given_steps <= horizon - 2)
+    first = given_steps.clamp(2, max(horizon - 2, 2))  # the first decoded entry
+
+    def entry(offset: int) -> torch.Tensor:
+        index = (first + offset).clamp(0, horizon - 1)
+        return chunk.gather(1, index[:, None, None].expand(-1, 1, dims))
+
+    velocity = entry(-1) - entry(-2)
+    position_error = entry(0) - (entry(-1) + velocity)
+    velocity_error = (entry(1) - entry(0)) - velocity
+    span = (horizon - 1 - first).to(chunk.dtype)[:, None]  # the last entry keeps its value
+    after = torch.arange(horizon, device=chunk.device)[None, :] - first[:, None]
+    s = (after.to(chunk.dtype) / span).clamp(0.0, 1.0)
+    h_position = 2 * s ** 3 - 3 * s ** 2 + 1  # 1 -> 0, flat at both ends
+    h_velocity = span * (s ** 3 - 2 * s ** 2 + s)  # slope 1 -> 0, zero at both ends
+    correction = position_error * h_position[..., None] + velocity_error * h_velocity[..., None]
+    bend = (after >= 0) & usable[:, None]
+    return torch.where(bend[..., None], chunk - correction, chunk)

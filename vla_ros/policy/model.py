@@ -34,7 +34,8 @@ from torch import nn
 from vla_ros.policy.backbone import FAMILIES, VLMBackbone
 from vla_ros.policy.crop import check_region
 from vla_ros.policy.delta import delta_layout, from_delta, to_delta
-from vla_ros.policy.flow import euler_sample, flow_loss, interpolate, prefix_times, sample_time, velocity_target
+from vla_ros.policy.flow import (euler_sample, flow_loss, interpolate, join_prefix, prefix_times, sample_time,
+                                 velocity_target)
 from vla_ros.policy.head import ActionHead, HeadConfig
 from vla_ros.policy.normalize import MODES, Normalizer, NormStats
 
@@ -269,18 +270,21 @@ class VLAPolicy(nn.Module):
         """Normalised action chunk from `noise` (B, H, action_dim) with `steps` Euler steps.
 
         given (B, H) bool / given_values (B, H, action_dim) normalised: an action prefix kept as it
-        is (only for a head trained with one: config.action_prefix_steps). A block-causal head
+        is, the decoded rest joined to it (flow.join_prefix); only for a head trained with one
+        (config.action_prefix_steps). A block-causal head
         computes the condition's keys and values once and every step runs the action tokens only;
         a bidirectional head (older checkpoints) reruns the whole sequence."""
         if given is not None and not self.config.action_prefix_steps:
             raise ValueError("this policy was not trained with an action prefix (action_prefix_steps is 0)")
         values = None if given_values is None else given_values.float()
         if not self.head.cacheable:
-            return euler_sample(lambda x, t: self.velocity(prefix, x, t, state), noise.float(), steps,
-                                given=given, given_values=values)
-        cache = self.head.encode_condition(prefix.tokens, prefix.mask, state)
-        return euler_sample(lambda x, t: self.head.step(cache, x, t.float()).float(), noise.float(), steps,
-                            given=given, given_values=values)
+            chunk = euler_sample(lambda x, t: self.velocity(prefix, x, t, state), noise.float(), steps,
+                                 given=given, given_values=values)
+        else:
+            cache = self.head.encode_condition(prefix.tokens, prefix.mask, state)
+            chunk = euler_sample(lambda x, t: self.head.step(cache, x, t.float()).float(), noise.float(), steps,
+                                 given=given, given_values=values)
+        return chunk if given is None else join_prefix(chunk, given)
 
     # ---- training ----------------------------------------------------------------------------
     def compute_loss(self, batch: dict, generator: torch.Generator | None = None) -> torch.Tensor:
