@@ -73,10 +73,12 @@ def test_a_chunk_arriving_three_ticks_late_continues_the_motion_without_a_jump()
     np.testing.assert_allclose(steps, np.tile(DIRECTION * DT, (9, 1)), atol=1e-9)  # constant speed
 
 
-def test_the_planned_targets_are_what_runs_from_a_capture_on_and_nothing_when_disarmed():
+def test_the_planned_targets_are_what_runs_from_a_capture_on_the_hold_before_a_chunk_and_nothing_when_disarmed():
     loop = Loop()
     assert loop.controller.planned_targets(loop.now, 4).shape == (0, 14)
     loop.controller.enable(loop.now, loop.measured)
+    # no chunk yet: the arm holds where it is until one comes
+    np.testing.assert_array_equal(loop.controller.planned_targets(loop.now, 3), np.tile(loop.measured, (3, 1)))
     loop.controller.on_chunk(*loop.chunk(loop.now, horizon=40))
     for _ in range(10):
         loop.tick()

@@ -195,9 +195,14 @@ class Controller:
 
     def planned_targets(self, capture_time: float, count: int) -> np.ndarray:
         """Up to `count` targets from `capture_time` on, one tick apart: what runs anyway while a
-        chunk from that observation is computed (ChunkExecutor.plan); empty when disarmed."""
+        chunk from that observation is computed (ChunkExecutor.plan). Without any chunk (just
+        enabled, or ran out) the arm holds at its last command until one comes, so that command
+        is the plan: a first chunk then starts from rest where the arm is. Empty when disarmed."""
         if not self.safety.armed:
             return np.zeros((0, self.profile.action_dim))
+        held = self.safety.last_command
+        if not self.executor.live_chunks and held is not None:
+            return np.tile(held, (max(int(count), 0), 1))
         return self.executor.plan(capture_time, count)
 
     def on_chunk(self, chunk, capture_time: float, now: float | None = None) -> bool:
