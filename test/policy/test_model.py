@@ -308,3 +308,32 @@ def test_action_prefix_steps_must_leave_part_of_the_chunk_to_predict(profile, st
     values["action_prefix_steps"] = steps
     with pytest.raises(ConfigError, match="action_prefix_steps"):
         PolicyConfig.from_dict(values)
+
+
+def test_a_noisy_prefix_is_shifted_by_one_offset_per_sample_and_the_rest_is_untouched(profile):
+    """action_prefix_noise: each sample's given entries enter as the clean actions plus one offset
+    per action dim (the same for every given entry: a plan that drifted), the others as without it."""
+    policy = _with_action_prefix(_policy(profile), 4)
+    values = policy.config.to_dict()
+    values["action_prefix_noise"] = 0.5
+    noisy_policy = VLAPolicy(PolicyConfig.from_dict(values), policy.backbone, policy.stats)
+    noisy_policy.head.load_state_dict(policy.head.state_dict())
+    batch = _batch(policy, batch_size=16)
+    seen = []
+    for model in (policy, noisy_policy):
+        forward = model.head.forward
+        model.head.forward = lambda c, m, s, x, t, forward=forward: seen.append((x.detach(), t.detach())) or forward(c, m, s, x, t)
+        model.compute_loss(batch, torch.Generator().manual_seed(3))
+    (clean_x, t), (noisy_x, noisy_t) = seen
+    torch.testing.assert_close(noisy_t, t)
+    given = t == 1.0
+    torch.testing.assert_close(noisy_x[~given], clean_x[~given])
+    shift = noisy_x - clean_x
+    for sample in range(16):
+        rows = shift[sample][given[sample]]
+        if len(rows) > 1:
+            torch.testing.assert_close(rows, rows[:1].expand_as(rows))
+    assert shift[given].abs().mean() > 0.1
+    values["action_prefix_noise"] = -1.0
+    with pytest.raises(ConfigError, match="action_prefix_noise"):
+        PolicyConfig.from_dict(values)

@@ -112,9 +112,9 @@ def test_default_runtime_decodes_from_plain_seeded_noise(checkpoint):
     explicit = _runtime(checkpoint, noise_scale=1.0, noise_correlation=0.0, noise_per_episode=False)
     decode, seen = runtime._core, []
 
-    def recording(pixels, ids, mask, state_tensor, noise, steps):
+    def recording(pixels, ids, mask, state_tensor, noise, steps, given):
         seen.append(noise.clone())
-        return decode(pixels, ids, mask, state_tensor, noise, steps)
+        return decode(pixels, ids, mask, state_tensor, noise, steps, given)
 
     runtime._core = recording
     generator = torch.Generator().manual_seed(11)
@@ -162,4 +162,19 @@ def test_a_runtime_uses_the_correlation_its_checkpoint_recommends_unless_told_ot
     config.write_text(config.read_text().replace('"recommended_noise_correlation": 8.0',
                                                  '"recommended_noise_correlation": -2.0'))
     with pytest.raises(Exception, match="recommended_noise_correlation must be"):
+        PolicyRuntime(checkpoint)
+
+
+def test_a_runtime_uses_the_temperature_its_checkpoint_recommends_unless_told_otherwise(tmp_path):
+    policy = build_random_policy("tiny", load_profile("aloha_sim"), ("cam_high",), seed=4)
+    policy.config.recommended_noise_scale = 0.5
+    checkpoint = save_checkpoint(policy, tmp_path / "recommends")
+    assert _runtime(checkpoint).initial_noise.scale == 0.5
+    assert _runtime(checkpoint, noise_scale=1.0).initial_noise.scale == 1.0
+    images, state = _observation()
+    assert np.array_equal(_runtime(checkpoint).predict(images, state),
+                          _runtime(checkpoint, noise_scale=0.5).predict(images, state))
+    config = tmp_path / "recommends" / "config.json"
+    config.write_text(config.read_text().replace('"recommended_noise_scale": 0.5', '"recommended_noise_scale": -1'))
+    with pytest.raises(Exception, match="recommended_noise_scale must be"):
         PolicyRuntime(checkpoint)

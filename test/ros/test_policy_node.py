@@ -47,6 +47,7 @@ def assets(tmp_path_factory):
     good = save_checkpoint(build_random_policy("tiny", profile, seed=0), root / "good")
     recommends = load_checkpoint(good)  # the same weights, decoded with correlated noise by default
     recommends.config.recommended_noise_correlation = 8.0
+    recommends.config.recommended_noise_scale = 0.5
     save_checkpoint(recommends, root / "recommends_correlation")
     takes_prefix = load_checkpoint(good)  # the same weights, given the plan's first 4 entries
     takes_prefix.config.action_prefix_steps = 4
@@ -367,19 +368,21 @@ def test_mismatched_checkpoint_refuses_to_arm(session_factory, assets):
 
 
 def test_decodes_with_the_checkpoints_noise_unless_the_parameter_overrides_it(session_factory, assets):
-    """noise_correlation -1 (the default) takes the checkpoint's recommendation; the diagnostics
-    say what the node decodes with."""
+    """noise_correlation and noise_scale -1 (the defaults) take the checkpoint's recommendations;
+    the diagnostics say what the node decodes with."""
     checkpoint = str(Path(assets["good"]).parent / "recommends_correlation")
 
     def decoding(**params) -> dict:
         session = session_factory(**params)
         values = session.latest()
         assert session.node.stop() == 0  # one node on the domain at a time: its diagnostics alone
-        return {key: values.get(key) for key in ("noise_correlation", "decode_steps")}
+        return {key: values.get(key) for key in ("noise_correlation", "noise_scale", "decode_steps")}
 
-    assert decoding(checkpoint=checkpoint) == {"noise_correlation": "8.0", "decode_steps": "1"}
-    assert decoding(checkpoint=checkpoint, noise_correlation=0.0)["noise_correlation"] == "0.0"
-    assert decoding()["noise_correlation"] == "0.0"  # a checkpoint that recommends none: white noise
+    assert decoding(checkpoint=checkpoint) == {"noise_correlation": "8.0", "noise_scale": "0.5", "decode_steps": "1"}
+    assert decoding(checkpoint=checkpoint, noise_correlation=0.0, noise_scale=1.0) == {
+        "noise_correlation": "0.0", "noise_scale": "1.0", "decode_steps": "1"}
+    # a checkpoint that recommends nothing: white noise at the training temperature
+    assert decoding() == {"noise_correlation": "0.0", "noise_scale": "1.0", "decode_steps": "1"}
 
 
 def test_a_checkpoint_trained_with_an_action_prefix_is_given_the_plan(session_factory, assets):
@@ -418,7 +421,7 @@ def test_inference_slowdown_holds_each_chunk_back_by_its_factor(session_factory)
     ({"profile": "no_such_robot"}, "file not found"),
     ({"chunk_blend": "average"}, "'chunk_blend' must be one of"),
     ({"control_rate_hz": -5.0}, "'control_rate_hz' must be >= 0"),
-    ({"noise_scale": -1.0}, "'noise_scale' must be >= 0"),
+    ({"noise_scale": -2.0}, "'noise_scale' must be >= -1"),
     ({"noise_correlation": -2.0}, "'noise_correlation' must be >= -1"),
     ({"inference_slowdown": 0.5}, "'inference_slowdown' must be >= 1"),
 ])

@@ -79,7 +79,8 @@ CONFIG_FILE = "train_config.json"
 DEFAULTS: dict = {
     "model": {"config": "tiny", "profile": "aloha_sim", "cameras": None, "alpha": 4.0, "horizon": None,
               "normalization": "mean_std", "recommended_steps": 1, "recommended_noise_correlation": 0.0,
-              "action_prefix_steps": 0, "seed": 0, "camera_crops": None,
+              "recommended_noise_scale": 1.0, "action_prefix_steps": 0,
+              "action_prefix_noise": 0.0, "seed": 0, "camera_crops": None,
               "backbone": None, "backbone_assets": None, "num_lm_layers": None, "max_text_tokens": None,
               "head": None, "freeze": "none", "train_embeddings": False, "lora": None,
               "gradient_checkpointing": False, "image_fit": None, "delta_actions": None},
@@ -197,7 +198,9 @@ def _with_training_settings(policy: VLAPolicy, stats: NormStats, model: dict, in
     values = policy.config.to_dict()
     values.update(alpha=float(model["alpha"]), recommended_steps=int(model["recommended_steps"]),
                   recommended_noise_correlation=float(model["recommended_noise_correlation"]),
+                  recommended_noise_scale=model["recommended_noise_scale"],
                   action_prefix_steps=model["action_prefix_steps"],
+                  action_prefix_noise=model["action_prefix_noise"],
                   camera_crops=camera_crops, delta_actions=list(delta_actions))
     horizon = int(model["horizon"] or policy.config.horizon)
     if init:

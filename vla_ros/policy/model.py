@@ -66,10 +66,16 @@ class PolicyConfig:
     # Correlation length (horizon steps) of the initial noise that runtimes use unless told
     # otherwise (vla_ros.policy.noise); 0: white noise, as every checkpoint was decoded before.
     recommended_noise_correlation: float = 0.0
+    # Temperature of that noise (vla_ros.policy.noise); 1: the training distribution.
+    recommended_noise_scale: float = 1.0
     # The most leading chunk entries the head was trained to take as given (an action prefix:
     # what the robot executes anyway while the next chunk is computed; flow.py). 0: none, every
     # checkpoint written before prefixes existed.
     action_prefix_steps: int = 0
+    # Training only: each sample's given prefix is shifted by a constant offset of this std
+    # (normalised units, per dim), as a plan that drifted from the demonstration is; the entries
+    # after it are still scored against the demonstration, so the head learns to steer back.
+    action_prefix_noise: float = 0.0
     robot_profile: str = ""
     normalization: str = "mean_std"
     # Action dims learned as offsets from the state dim of the same name (vla_ros.policy.delta);
@@ -104,9 +110,15 @@ class PolicyConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 problems.append(f"{name} must be a positive integer, got {value!r}")
+        scale = self.recommended_noise_scale
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 <= scale <= 10:
+            problems.append(f"recommended_noise_scale must be a number in [0, 10], got {scale!r}")
         prefix_steps = self.action_prefix_steps
         if isinstance(prefix_steps, bool) or not isinstance(prefix_steps, int) or not 0 <= prefix_steps < self.horizon:
             problems.append(f"action_prefix_steps must be an integer in [0, horizon), got {prefix_steps!r}")
+        prefix_noise = self.action_prefix_noise
+        if isinstance(prefix_noise, bool) or not isinstance(prefix_noise, (int, float)) or not 0 <= prefix_noise <= 10:
+            problems.append(f"action_prefix_noise must be a number in [0, 10], got {prefix_noise!r}")
         correlation = self.recommended_noise_correlation
         if isinstance(correlation, bool) or not isinstance(correlation, (int, float)) or not 0 <= correlation < 1e6:
             problems.append(f"recommended_noise_correlation must be a number of horizon steps >= 0, got {correlation!r}")
@@ -313,7 +325,11 @@ class VLAPolicy(nn.Module):
             given = torch.arange(self.config.horizon, device=device)[None, :] < given_steps[:, None]
             t = prefix_times(t, given)
             mask = mask & ~given[:, :, None]
-        predicted = self.velocity(prefix, interpolate(actions, noise, t), t, state)
+        x_t = interpolate(actions, noise, t)
+        if self.config.action_prefix_steps and self.config.action_prefix_noise:
+            offset = torch.randn((batch_size, 1, actions.shape[-1]), generator=generator, device=random_device)
+            x_t = x_t + self.config.action_prefix_noise * offset.to(device) * given[:, :, None]
+        predicted = self.velocity(prefix, x_t, t, state)
         if batch.get("action_is_pad") is not None:
             mask = mask & ~batch["action_is_pad"].to(device=device, dtype=torch.bool)[:, :, None]
         return flow_loss(predicted, velocity_target(actions, noise), mask)

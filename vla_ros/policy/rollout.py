@@ -214,7 +214,7 @@ def summarize(episodes: list[dict], demonstrations: list[dict]) -> dict:
 
 
 def rollout(checkpoint, episodes: int = 10, seed: int = 1000, chunk_blend: str = "ensemble",
-            deterministic: bool = False, noise_scale: float = 1.0, noise_correlation: float | None = None,
+            deterministic: bool = False, noise_scale: float | None = None, noise_correlation: float | None = None,
             noise_per_episode: bool = False, runtime_seed: int = 0, demonstrations: bool = True,
             max_ticks: int = EPISODE_LEN, soft_start_time: float = ControllerConfig.soft_start_time,
             progress=None, latency_ticks: int = 0, behaviour: str = TRANSFER, action_prefix_steps: int = -1) -> dict:
@@ -287,7 +287,8 @@ def main(argv: list[str]) -> int:
                         help="the instruction given and the behaviour that counts as success")
     parser.add_argument("--chunk-blend", default="ensemble", choices=BLEND_MODES)
     parser.add_argument("--deterministic", action="store_true", help="decode from zero noise")
-    parser.add_argument("--noise-scale", type=float, default=1.0, help="initial noise temperature (1: as trained)")
+    parser.add_argument("--noise-scale", type=float, default=None,
+                        help="initial noise temperature (1: as trained; default: the checkpoint's recommended_noise_scale)")
     parser.add_argument("--noise-correlation", type=float, default=None,
                         help="correlation length of the noise along the horizon, in steps (0: white; "
                              "default: the checkpoint's recommended_noise_correlation)")

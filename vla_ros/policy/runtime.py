@@ -49,13 +49,13 @@ class PolicyRuntime:
     def __init__(self, checkpoint_dir: str | os.PathLike, device: str | torch.device = "cpu",
                  steps: int | None = None, deterministic: bool = False, seed: int = 0,
                  dtype: torch.dtype | None = None, compile: bool | None = None,
-                 profile: RobotProfile | None = None, pad_text: bool | None = None, noise_scale: float = 1.0,
+                 profile: RobotProfile | None = None, pad_text: bool | None = None, noise_scale: float | None = None,
                  noise_correlation: float | None = None, noise_per_episode: bool = False):
         """profile: if given, refuse a checkpoint that does not fit that robot (dims, cameras).
         dtype/compile default to bfloat16 + compiled on CUDA, float32 + eager elsewhere.
         pad_text: keep the instruction padded to max_text_tokens (default: only when compiled).
         noise_*: the sampling options of vla_ros.policy.noise.InitialNoise (ignored when deterministic);
-        noise_correlation None: the checkpoint's recommended_noise_correlation."""
+        noise_scale / noise_correlation None: the checkpoint's recommended_noise_scale / _correlation."""
         self.checkpoint_dir = Path(checkpoint_dir)
         policy = checkpoints.load_checkpoint(self.checkpoint_dir, profile=profile)
         self._setup(policy, device, steps, deterministic, seed, dtype, compile, pad_text,
@@ -64,7 +64,7 @@ class PolicyRuntime:
     @classmethod
     def from_policy(cls, policy: VLAPolicy, device: str | torch.device = "cpu", steps: int | None = None,
                     deterministic: bool = False, seed: int = 0, dtype: torch.dtype | None = None,
-                    compile: bool | None = None, pad_text: bool | None = None, noise_scale: float = 1.0,
+                    compile: bool | None = None, pad_text: bool | None = None, noise_scale: float | None = None,
                     noise_correlation: float | None = None, noise_per_episode: bool = False) -> "PolicyRuntime":
         """A runtime around an in-memory policy (benchmarks, training-time evaluation); the
         runtime takes the policy over: it is moved to `device` and its backbone/head cast to dtype."""
@@ -90,6 +90,8 @@ class PolicyRuntime:
         scale, correlation, per_episode = noise_options
         if correlation is None:
             correlation = self.config.recommended_noise_correlation
+        if scale is None:
+            scale = self.config.recommended_noise_scale
         self.initial_noise = InitialNoise(self._generator, scale, correlation, per_episode)
         self._pin = cuda
         config = self.config

@@ -49,8 +49,9 @@ PARAMETERS = (
     ParamSpec("torch_threads", 1, "CPU threads for torch; more threads thrash when other processes share the cores",
               minimum=1, maximum=256),
     ParamSpec("deterministic", False, "zero initial noise: reproducible chunks (replay comparisons)"),
-    ParamSpec("noise_scale", 1.0, "initial noise temperature: the sampled noise times this (1: as trained); "
-              "docs/experiments.md 'Smoothness of one-step chunks'", minimum=0.0, maximum=10.0),
+    ParamSpec("noise_scale", -1.0, "initial noise temperature: the sampled noise times this (1: as trained; < 0 "
+              "(-1): the checkpoint's recommended_noise_scale); "
+              "docs/experiments.md 'Smoothness of one-step chunks'", minimum=-1.0, maximum=10.0),
     ParamSpec("noise_correlation", -1.0, "correlation length of the initial noise along the chunk's horizon, in "
               "steps (squared-exponential kernel, unit variance); 0: white noise; < 0 (-1): the "
               "checkpoint's recommended_noise_correlation", minimum=-1.0, maximum=1000.0),
@@ -211,7 +212,8 @@ class PolicyNode(Node):
                 runtime = PolicyRuntime(self.params["checkpoint"], device=self.params["device"],
                                         steps=self.params["steps"] or None,
                                         deterministic=self.params["deterministic"],
-                                        noise_scale=self.params["noise_scale"],
+                                        noise_scale=(None if self.params["noise_scale"] < 0
+                                                     else self.params["noise_scale"]),
                                         noise_correlation=(None if self.params["noise_correlation"] < 0
                                                            else self.params["noise_correlation"]),
                                         noise_per_episode=self.params["noise_per_episode"])
