@@ -43,15 +43,18 @@ def runtime():
     return runtime
 
 
-def test_decodes_as_measured_and_records_its_provenance(runtime):
-    """docs/experiments.md, "Fifth policy": the high-noise recipe (alpha = 4), one Euler step from
-    white noise, through ROS: 43/50 for each instruction's own behaviour, 0/100 for the other's.
-    Its head is block-causal, so the condition is computed once per observation."""
+def test_decodes_as_measured_and_records_its_provenance():
+    """docs/experiments.md, "Chunks that continue the last one": the high-noise recipe (alpha = 4),
+    one Euler step from correlated noise at half temperature, each chunk given the 8 planned
+    targets from its capture on; through ROS 45/50 transfers and 47/50 lifts. Its head is
+    block-causal, so the condition is computed once per observation."""
+    runtime = PolicyRuntime(CHECKPOINT, profile=load_profile("aloha_sim"))  # the decoding policy_node uses
     config = runtime.policy.config
     assert config.alpha == 4.0 and config.recommended_steps == 1
     assert config.head.attention == "block_causal" and runtime.policy.head.cacheable
-    assert config.recommended_noise_correlation == 0.0 and runtime.initial_noise.correlation == 0.0
-    assert "transferred 43/50" in config.extra["sim_eval"] and "placed 43/50" in config.extra["sim_eval"]
+    assert runtime.initial_noise.correlation == 16.0 and runtime.initial_noise.scale == 0.5
+    assert runtime.action_prefix_steps == 8
+    assert "transferred 45/50" in config.extra["sim_eval"] and "placed 47/50" in config.extra["sim_eval"]
     training = config.extra["training"]
     assert sorted(training["instructions"]) == sorted(INSTRUCTIONS.values())
     assert training["camera_image_sizes"] == {"cam_high": [240, 320]}
@@ -131,8 +134,9 @@ def test_the_instruction_decides_which_behaviour_the_left_arm_follows(runtime, s
 
 def test_hands_the_cube_over_in_closed_loop(runtime, sim):
     """What `make demo` shows, without ROS: the control core (policy_node's defaults) executes the
-    policy's chunks on the simulated arms. Decoding from zero noise keeps the outcome the same on
-    every run; the table's figures (random noise, through ROS) are in docs/experiments.md."""
+    policy's chunks on the simulated arms, each chunk given the planned targets as policy_node
+    gives them. Decoding from zero noise keeps the outcome the same on every run; the table's
+    figures (random noise, through ROS) are in docs/experiments.md."""
     profile = load_profile("aloha_sim")
     outcomes = {}
     for seed in CLOSED_LOOP_SEEDS:
@@ -143,7 +147,9 @@ def test_hands_the_cube_over_in_closed_loop(runtime, sim):
         for tick in range(EPISODE_LEN):
             now = tick * profile.dt
             if tick % REPLAN_TICKS == 0:
-                chunk = runtime.predict({"cam_high": observation["images"]["top"]}, observation["qpos"])
+                prefix = controller.planned_targets(now, runtime.action_prefix_steps)
+                chunk = runtime.predict({"cam_high": observation["images"]["top"]}, observation["qpos"],
+                                        action_prefix=prefix)
                 controller.on_chunk(chunk, now, now)
             result = controller.tick(now, observation["qpos"], {arm.name: now for arm in profile.arms},
                                      {"cam_high": now})
@@ -176,7 +182,9 @@ def test_a_disable_enable_toggle_mid_grasp_keeps_the_cube(runtime, sim):
                 controller.enable(now, observation["qpos"])
                 toggled = True
             if tick % REPLAN_TICKS == 0:
-                chunk = runtime.predict({"cam_high": observation["images"]["top"]}, observation["qpos"])
+                prefix = controller.planned_targets(now, runtime.action_prefix_steps)
+                chunk = runtime.predict({"cam_high": observation["images"]["top"]}, observation["qpos"],
+                                        action_prefix=prefix)
                 controller.on_chunk(chunk, now, now)
             result = controller.tick(now, observation["qpos"], {arm.name: now for arm in profile.arms},
                                      {"cam_high": now})
