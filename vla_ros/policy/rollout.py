@@ -231,8 +231,7 @@ def rollout(checkpoint, episodes: int = 10, seed: int = 1000, chunk_blend: str =
                             noise_scale=noise_scale, noise_correlation=noise_correlation,
                             noise_per_episode=noise_per_episode)
     runtime.set_instruction(INSTRUCTIONS[behaviour])
-    trained = runtime.action_prefix_steps
-    prefix_steps = trained if action_prefix_steps < 0 else min(action_prefix_steps, trained)
+    prefix_steps = runtime.prefix_steps_for(action_prefix_steps)
     sizes = runtime.config.extra.get("training", {}).get("camera_image_sizes") or {}
     height, width = next(iter(sizes.values()), (profile.cameras[0].height, profile.cameras[0].width))
     sim = AlohaSim("transfer_cube", cameras=tuple(SIM_CAMERA_FOR_PROFILE_CAMERA[c] for c in profile.camera_names),

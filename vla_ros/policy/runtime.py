@@ -144,6 +144,11 @@ class PolicyRuntime:
         """How many leading chunk entries predict() can take as given (0: this checkpoint takes none)."""
         return self.config.action_prefix_steps
 
+    def prefix_steps_for(self, requested: int) -> int:
+        """The prefix length to give: `requested` capped at what the checkpoint learnt; < 0: all of it
+        (policy_node's and rollout's `action_prefix_steps`)."""
+        return self.action_prefix_steps if requested < 0 else min(requested, self.action_prefix_steps)
+
     def predict(self, images: Mapping[str, np.ndarray], state: np.ndarray, steps: int | None = None,
                 action_prefix: np.ndarray | None = None) -> np.ndarray:
         """images: camera key -> HxWx3 uint8; state: raw (state dims,) -> (horizon, action dims) float64.

@@ -149,10 +149,8 @@ class PolicyNode(Node):
         ))
         self.controller_lock = threading.Lock()
         self.runtime = self._load_runtime(runtime_factory)
-        # The action prefix handed to the policy: the parameter, capped at what the checkpoint learnt.
-        trained = self.runtime.action_prefix_steps if self.runtime is not None else 0
-        requested = self.params["action_prefix_steps"]
-        self.action_prefix_steps = trained if requested < 0 else min(requested, trained)
+        self.action_prefix_steps = (0 if self.runtime is None
+                                    else self.runtime.prefix_steps_for(self.params["action_prefix_steps"]))
 
         compressed = self.params["image_transport"] == "compressed"
         image_type = CompressedImage if compressed else Image
