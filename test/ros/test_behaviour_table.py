@@ -6,7 +6,7 @@ from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
 
 from vla_ros.ros import sim_eval
 from vla_ros.ros.episodes import (EpisodeResult, completed_behaviours, confusion_table, format_confusion_table,
-                                  guard_counts_since, summarize, wilson_interval)
+                                  guard_counts_since, instructed_behaviour, summarize, wilson_interval)
 from vla_ros.sim.behaviours import LIFT_PLACE, NONE, TRANSFER
 
 HAND_OVER, LIFT = "transfer the cube to the left arm", "lift the cube with the right arm and put it back down"
@@ -31,6 +31,19 @@ def test_each_episode_counts_once_in_its_instructions_row():
     text = format_confusion_table(table)
     assert text.splitlines()[0] == "| instruction given | transfer | lift_place | none |"
     assert f"| {LIFT} | 1/4 = 25% " in text and "3/4 = 75% (30-95%)" in text
+
+
+def test_success_as_instructed_counts_the_behaviour_each_instruction_asks_for():
+    """`successes` is the transfer reward whatever was asked; a lift run reads its own rate here."""
+    results = ([episode(i, LIFT, LIFT_PLACE) for i in range(3)] + [episode(3, LIFT, TRANSFER)]
+               + [episode(4, HAND_OVER, TRANSFER), episode(5, HAND_OVER, NONE), episode(6, "wave", TRANSFER)])
+    assert instructed_behaviour(LIFT) == LIFT_PLACE and instructed_behaviour(HAND_OVER) == TRANSFER
+    assert instructed_behaviour("wave") is None
+    summary = summarize(results)
+    assert summary["successes"] == 3  # two transfers asked for other things
+    assert summary["completed_as_instructed"] == {"episodes": 6, "completed": 4, "rate": 4 / 6,
+                                                  "rate_95ci": wilson_interval(4, 6)}
+    assert summarize([episode(0, "wave", TRANSFER)])["completed_as_instructed"]["rate"] is None
 
 
 def test_each_episode_reports_what_the_guard_counted_during_it():

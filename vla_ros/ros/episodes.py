@@ -33,7 +33,7 @@ from vla_ros.ros import convert
 from vla_ros.ros.command_interfaces import arm_command_type, command_qos
 from vla_ros.ros.qos import image_qos
 from vla_ros.ros.processes import NodeProcess, Probe, module_command, ros_context
-from vla_ros.sim.behaviours import BEHAVIOURS, NONE, classify
+from vla_ros.sim.behaviours import BEHAVIOURS, INSTRUCTIONS, NONE, classify
 from vla_ros.sim.collect import TASK_TEXT
 from vla_ros.sim.success import wilson_interval
 
@@ -377,6 +377,20 @@ def format_confusion_table(table: dict) -> str:
     return "\n".join(lines)
 
 
+def instructed_behaviour(instruction: str) -> str | None:
+    """The behaviour an instruction asks for, when it is one the demonstrations were labelled with."""
+    return next((name for name, text in INSTRUCTIONS.items() if text == instruction), None)
+
+
+def instructed_success(results: list[EpisodeResult]) -> dict:
+    """Episodes that completed the behaviour their instruction asks for, over those whose
+    instruction names one: `successes` counts the transfer reward whatever was asked."""
+    asked = [r for r in results if instructed_behaviour(r.instruction) is not None]
+    k = sum(r.behaviour == instructed_behaviour(r.instruction) for r in asked)
+    return {"episodes": len(asked), "completed": k, "rate": k / len(asked) if asked else None,
+            "rate_95ci": wilson_interval(k, len(asked)) if asked else None}
+
+
 def summarize(results: list[EpisodeResult]) -> dict:
     """Success rate with a Wilson 95% interval, which behaviour each instruction produced, and
     the policy node's own figures."""
@@ -393,6 +407,7 @@ def summarize(results: list[EpisodeResult]) -> dict:
         "success_rate": k / n if n else 0.0,
         "success_rate_95ci": interval,
         "confusion": confusion_table(results),
+        "completed_as_instructed": instructed_success(results),
         "mean_time_to_success_s": float(np.mean(times)) if times else None,
         "commands_published_per_episode": [r.commands_published for r in results],
         "inference_ms_p50": last.get("inference_ms_p50"),

@@ -96,7 +96,8 @@ def main(argv: list[str]) -> int:
         return 2
 
     from vla_ros.robot.profile import load_profile
-    from vla_ros.ros.episodes import SessionConfig, SimSession, format_confusion_table, image_size_for, summarize
+    from vla_ros.ros.episodes import (SessionConfig, SimSession, format_confusion_table, image_size_for,
+                                      instructed_behaviour, summarize)
 
     height, width = args.image_size or image_size_for(args.checkpoint, load_profile(args.profile))
     report = {"checkpoint": args.checkpoint, "profile": args.profile, "seed": args.seed,
@@ -126,7 +127,8 @@ def main(argv: list[str]) -> int:
                     result = session.run_episode()
                     results.append(result)
                     print(f"steps={steps} episode {result.episode} seed {result.seed} {instruction!r}: "
-                          f"success={result.success} completed={result.behaviour}", flush=True)
+                          f"completed={result.behaviour} (asked: {instructed_behaviour(instruction) or 'unknown'}) "
+                          f"transfer_reward={result.success}", flush=True)
         except (RuntimeError, AssertionError) as exc:
             print(f"vla-ros sim-eval: failed at steps={steps}: {exc}", file=sys.stderr)
             return 1
