@@ -104,3 +104,29 @@ def test_each_behaviour_is_scored_by_its_own_detector():
     assert summary["behaviours_completed"] == {"transfer": 1, "lift_place": 0, "none": 0}
     with pytest.raises(ValueError, match="unknown behaviour"):
         rollout.rollout("unused", behaviour="wave")
+
+
+def test_run_out_goes_on_after_completion_and_counts_those_ticks_apart():
+    """With run_out an episode runs all its ticks, as sim-eval's do; it still counts as the behaviour
+    it completed first, at the tick it would have ended without run_out."""
+    from vla_ros.control.controller import Controller, ControllerConfig
+    from vla_ros.sim.aloha_sim import AlohaSim
+
+    profile = load_profile("aloha_sim")
+    controller = Controller(profile, ControllerConfig(soft_start_time=0.2))
+    sim = AlohaSim("transfer_cube", cameras=())
+    plan = scripted_transfer_cube(1001).joint_actions
+    follow = lambda tick, *_: plan[tick:tick + 20]  # noqa: E731
+    ended = rollout.drive(controller, sim, 1001, follow, 5, len(plan))
+    ran_out = rollout.drive(controller, sim, 1001, follow, 5, len(plan), run_out=True)
+    assert ended["success"] and ran_out["success"] and ran_out["behaviour_completed"] == "transfer"
+    assert ended["ticks"] == ended["completed_tick"] == ran_out["completed_tick"] < ran_out["ticks"] == len(plan)
+    assert ended["ticks_after_completion"] == 0
+    assert ran_out["ticks_after_completion"] == len(plan) - ran_out["completed_tick"]
+    for kind, count in ran_out["interventions_ticks_after_completion"].items():
+        assert count <= ran_out["interventions_ticks"][kind]
+    # the plan holds still once the cube is handed over: nothing left to cap
+    assert ran_out["interventions_ticks_after_completion"]["cap_acceleration"] == 0
+    summary = rollout.summarize([ran_out], [])
+    assert summary["ticks_after_completion"] == ran_out["ticks_after_completion"]
+    assert set(summary["interventions_per_tick_after_completion"]) == set(ran_out["interventions_ticks"])

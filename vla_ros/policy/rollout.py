@@ -12,7 +12,9 @@ the controller's command drives AlohaSim. As in the node, one Controller serves 
 (disable, then enable at the reset pose) and the runtime starts a new noise episode on each enable.
 Differences from the ROS path: inference is synchronous (no latency unless --latency-ticks
 delays each chunk), frames are raw (sim_node sends JPEG) and an episode ends at success instead
-of running out its 400 ticks.
+of running out its 400 ticks (`--run-out` runs them out, as sim-eval does, and counts the
+interventions after the behaviour was completed apart; `--soft-start-time 0.2`, sim-eval's, and
+`--latency-ticks 1` then come close to what sim-eval counts through ROS).
 
 `--behaviour` picks the instruction the policy is given (that behaviour's, as in collect-sim and
 sim-eval) and what counts as success. An episode ends at the first behaviour of the scene it
@@ -69,12 +71,14 @@ def roughness(values: np.ndarray, order: int = 1) -> float:
 
 
 def drive(controller: Controller, sim: AlohaSim, seed: int, chunk_for, replan_ticks: int,
-          max_ticks: int = EPISODE_LEN, latency_ticks: int = 0, behaviour: str = TRANSFER) -> dict:
+          max_ticks: int = EPISODE_LEN, latency_ticks: int = 0, behaviour: str = TRANSFER,
+          run_out: bool = False) -> dict:
     """One closed-loop episode on `seed`: every `replan_ticks` ticks chunk_for(tick, observation,
     now) gives a chunk captured now, which reaches the controller `latency_ticks` ticks later (stamped
     with its capture time, as the node's inference latency delays it); every tick the controller's
     command drives the simulator; ends at the first behaviour completed (success if it is
-    `behaviour`), at a stop of the controller (fault) or after max_ticks. The clock goes on from
+    `behaviour`; with run_out it goes on), at a stop of the controller (fault) or after max_ticks.
+    The clock goes on from
     the controller's previous episode, as the node's does: set back to 0, it would leave the
     executor's last target time in the future and expire the first chunk (the arms then held for
     a replan period)."""
@@ -86,6 +90,8 @@ def drive(controller: Controller, sim: AlohaSim, seed: int, chunk_for, replan_ti
     chunks, targets, commands = [], [], []
     counts = dict.fromkeys(COUNTED_INTERVENTIONS, 0) | {"hold": 0}
     after_ramp = dict(counts)  # the same, once the soft start is over
+    after_completion = dict(counts)  # the same, once a behaviour was completed (run_out)
+    completed_tick = None
     ramp_ticks = int(np.ceil(controller.config.soft_start_time / controller.dt - 1e-9))
     success, best_reward, ended, completed = False, 0.0, "time", NONE
     in_flight: list[tuple[int, float, np.ndarray]] = []  # (tick it arrives, capture time, chunk)
@@ -104,6 +110,7 @@ def drive(controller: Controller, sim: AlohaSim, seed: int, chunk_for, replan_ti
             if key in counts:
                 counts[key] += 1
                 after_ramp[key] += tick >= ramp_ticks
+                after_completion[key] += completed_tick is not None
         if result.command is None:
             ended = result.state
             break
@@ -112,11 +119,14 @@ def drive(controller: Controller, sim: AlohaSim, seed: int, chunk_for, replan_ti
         commands.append(result.command)
         observation, reward, _ = sim.step(result.command)
         best_reward = max(best_reward, reward)
-        completed = classify(sim.behaviours.completed)
-        if completed != NONE:
-            success = completed == behaviour
-            ended = "success" if success else completed
-            break
+        if completed_tick is None:
+            completed = classify(sim.behaviours.completed)
+            if completed != NONE:
+                completed_tick = len(commands)
+                success = completed == behaviour
+                ended = "success" if success else completed
+                if not run_out:
+                    break
     commands = np.array(commands)
     # Ticks on which some ARM joint's command changed speed by the full acceleration cap (the
     # filter's counter does not say which joints it cut; the grippers' 0/1 steps are cut too).
@@ -134,12 +144,16 @@ def drive(controller: Controller, sim: AlohaSim, seed: int, chunk_for, replan_ti
         "interventions_ticks": counts | {"arm_at_acceleration_cap": int(arm_capped.sum())},
         "ticks_after_soft_start": max(0, len(commands) - ramp_ticks),
         "interventions_ticks_after_soft_start": after_ramp | {"arm_at_acceleration_cap": int(arm_capped[ramp_ticks:].sum())},
+        "completed_tick": completed_tick,
+        "ticks_after_completion": 0 if completed_tick is None else len(commands) - completed_tick,
+        "interventions_ticks_after_completion": after_completion | {
+            "arm_at_acceleration_cap": 0 if completed_tick is None else int(arm_capped[completed_tick:].sum())},
     }
 
 
 def run_episode(runtime: PolicyRuntime, controller: Controller, sim: AlohaSim, seed: int,
                 replan_ticks: int, max_ticks: int = EPISODE_LEN, latency_ticks: int = 0,
-                behaviour: str = TRANSFER, action_prefix_steps: int = 0) -> dict:
+                behaviour: str = TRANSFER, action_prefix_steps: int = 0, run_out: bool = False) -> dict:
     """One policy episode on `seed`; the runtime starts a new noise episode, as on the node's enable.
     action_prefix_steps > 0: each chunk is given that many of the controller's planned targets from
     its capture on, as policy_node gives them."""
@@ -151,11 +165,11 @@ def run_episode(runtime: PolicyRuntime, controller: Controller, sim: AlohaSim, s
         return runtime.predict({name: observation["images"][sim_name] for name, sim_name in cameras.items()},
                                observation["qpos"], action_prefix=prefix)
 
-    return drive(controller, sim, seed, chunk_for, replan_ticks, max_ticks, latency_ticks, behaviour)
+    return drive(controller, sim, seed, chunk_for, replan_ticks, max_ticks, latency_ticks, behaviour, run_out)
 
 
 def demonstration(seed: int, sim: AlohaSim, controller: Controller, replan_ticks: int, horizon: int,
-                  behaviour: str = TRANSFER) -> dict:
+                  behaviour: str = TRANSFER, run_out: bool = False) -> dict:
     """The scripted plan of `behaviour` for `seed`: its roughness up to the tick its replay
     completes the behaviour (and in full), and the same plan executed as chunks of `horizon` ticks
     through the controller (the interventions a policy that reproduced the demonstrations exactly
@@ -170,12 +184,13 @@ def demonstration(seed: int, sim: AlohaSim, controller: Controller, replan_ticks
             break
     window = plan[:success_tick] if success_tick else plan
     through = drive(controller, sim, seed, lambda tick, *_: plan[tick:tick + horizon], replan_ticks, len(plan),
-                    behaviour=behaviour)
+                    behaviour=behaviour, run_out=run_out)
     return {"success_tick": success_tick, "roughness": roughness(window), "roughness_second": roughness(window, 2),
             "roughness_full_plan": roughness(plan),
             "through_controller": {key: through[key] for key in (
                 "success", "ticks", "target_roughness", "command_roughness", "interventions_ticks",
-                "ticks_after_soft_start", "interventions_ticks_after_soft_start")}}
+                "ticks_after_soft_start", "interventions_ticks_after_soft_start",
+                "ticks_after_completion", "interventions_ticks_after_completion")}}
 
 
 def per_tick(episodes: list[dict], suffix: str = "") -> dict:
@@ -199,11 +214,15 @@ def summarize(episodes: list[dict], demonstrations: list[dict]) -> dict:
             "chunk_roughness_second", "target_roughness_second", "command_roughness_second")},
         "interventions_per_tick": per_tick(episodes),
         "interventions_per_tick_after_soft_start": per_tick(episodes, "_after_soft_start"),
+        "ticks_after_completion": sum(e["ticks_after_completion"] for e in episodes),
+        "interventions_per_tick_after_completion": per_tick(episodes, "_after_completion"),
         "demonstrations": {key: mean(demonstrations, key) for key in (
             "roughness", "roughness_second", "roughness_full_plan")} | {
             "through_controller_interventions_per_tick": per_tick([d["through_controller"] for d in demonstrations]),
             "through_controller_interventions_per_tick_after_soft_start": per_tick(
-                [d["through_controller"] for d in demonstrations], "_after_soft_start")}
+                [d["through_controller"] for d in demonstrations], "_after_soft_start"),
+            "through_controller_interventions_per_tick_after_completion": per_tick(
+                [d["through_controller"] for d in demonstrations], "_after_completion")}
             if demonstrations else {},
     }
     demo = summary["demonstrations"].get("roughness")
@@ -217,7 +236,8 @@ def rollout(checkpoint, episodes: int = 10, seed: int = 1000, chunk_blend: str =
             deterministic: bool = False, noise_scale: float | None = None, noise_correlation: float | None = None,
             noise_per_episode: bool = False, runtime_seed: int = 0, demonstrations: bool = True,
             max_ticks: int = EPISODE_LEN, soft_start_time: float = ControllerConfig.soft_start_time,
-            progress=None, latency_ticks: int = 0, behaviour: str = TRANSFER, action_prefix_steps: int = -1) -> dict:
+            progress=None, latency_ticks: int = 0, behaviour: str = TRANSFER, action_prefix_steps: int = -1,
+            run_out: bool = False) -> dict:
     """The report as a dict (see the module docstring). action_prefix_steps as policy_node's
     parameter: -1 the checkpoint's, 0 none, else at most the checkpoint's."""
     if behaviour not in BEHAVIOURS:
@@ -245,10 +265,10 @@ def rollout(checkpoint, episodes: int = 10, seed: int = 1000, chunk_blend: str =
     demo_controller = Controller(profile, config)
     for index in range(1, episodes + 1):
         results.append(run_episode(runtime, controller, sim, seed + index, replan_ticks, max_ticks,
-                                   latency_ticks, behaviour, prefix_steps))
+                                   latency_ticks, behaviour, prefix_steps, run_out))
         if demo_sim is not None:
             demos.append(demonstration(seed + index, demo_sim, demo_controller, replan_ticks,
-                                       runtime.config.horizon, behaviour))
+                                       runtime.config.horizon, behaviour, run_out))
             results[-1]["demonstration"] = demos[-1]
         if progress is not None:
             episode = results[-1]
@@ -270,6 +290,7 @@ def rollout(checkpoint, episodes: int = 10, seed: int = 1000, chunk_blend: str =
         "replan_ticks": replan_ticks,
         "latency_ticks": latency_ticks,
         "action_prefix_steps": prefix_steps,
+        "run_out": run_out,
         "torch_threads": torch.get_num_threads(),
         "wall_s": round(time.monotonic() - started, 1),
         "summary": summarize(results, demos),
@@ -303,6 +324,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--action-prefix-steps", type=int, default=-1,
                         help="planned targets given to a checkpoint trained with an action prefix (policy_node's "
                              "action_prefix_steps; -1: the checkpoint's, 0: none)")
+    parser.add_argument("--run-out", action="store_true",
+                        help="run every episode for --max-ticks, as sim-eval does, instead of ending it when a "
+                             "behaviour is completed; interventions after that are also counted apart")
     parser.add_argument("--report", help="also write the JSON here")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -311,7 +335,7 @@ def main(argv: list[str]) -> int:
                          args.noise_scale, args.noise_correlation, args.noise_per_episode, args.runtime_seed,
                          not args.no_demonstrations, args.max_ticks, args.soft_start_time, progress=lambda line: print(line, file=sys.stderr, flush=True),
                          latency_ticks=args.latency_ticks, behaviour=args.behaviour,
-                         action_prefix_steps=args.action_prefix_steps)
+                         action_prefix_steps=args.action_prefix_steps, run_out=args.run_out)
     except (ValueError, OSError, CheckpointError) as error:
         print(f"vla-ros rollout: {error}", file=sys.stderr)
         return 1
@@ -321,7 +345,7 @@ def main(argv: list[str]) -> int:
         Path(args.report).write_text(text)
     print(json.dumps({"report": args.report, "config": {k: report[k] for k in (
         "behaviour", "steps", "deterministic", "noise_scale", "noise_correlation", "noise_per_episode", "chunk_blend",
-        "soft_start_time", "latency_ticks", "action_prefix_steps")},
+        "soft_start_time", "latency_ticks", "action_prefix_steps", "run_out")},
         **report["summary"]}, indent=1) if args.report else text)
     return 0
 
