@@ -78,10 +78,9 @@ def drive(controller: Controller, sim: AlohaSim, seed: int, chunk_for, replan_ti
     with its capture time, as the node's inference latency delays it); every tick the controller's
     command drives the simulator; ends at the first behaviour completed (success if it is
     `behaviour`; with run_out it goes on), at a stop of the controller (fault) or after max_ticks.
-    The clock goes on from
-    the controller's previous episode, as the node's does: set back to 0, it would leave the
-    executor's last target time in the future and expire the first chunk (the arms then held for
-    a replan period)."""
+    The clock goes on from the controller's previous episode, as the node's does: set back to 0,
+    it would leave the executor's last target time in the future and expire the first chunk (the
+    arms then held for a replan period)."""
     profile = controller.profile
     origin = (controller.ticks + 1) * controller.dt
     observation = sim.reset(seed)

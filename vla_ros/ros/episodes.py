@@ -382,13 +382,14 @@ def instructed_behaviour(instruction: str) -> str | None:
     return next((name for name, text in INSTRUCTIONS.items() if text == instruction), None)
 
 
-def instructed_success(results: list[EpisodeResult]) -> dict:
-    """Episodes that completed the behaviour their instruction asks for, over those whose
-    instruction names one: `successes` counts the transfer reward whatever was asked."""
-    asked = [r for r in results if instructed_behaviour(r.instruction) is not None]
-    k = sum(r.behaviour == instructed_behaviour(r.instruction) for r in asked)
-    return {"episodes": len(asked), "completed": k, "rate": k / len(asked) if asked else None,
-            "rate_95ci": wilson_interval(k, len(asked)) if asked else None}
+def instructed_success(table: dict) -> dict:
+    """From a confusion_table: episodes that completed the behaviour their instruction asks for,
+    over those whose instruction names one (`successes` counts the transfer reward whatever was asked)."""
+    rows = [(row, instructed_behaviour(instruction)) for instruction, row in table.items()]
+    n = sum(row["episodes"] for row, asked in rows if asked is not None)
+    k = sum(row[asked]["count"] for row, asked in rows if asked is not None)
+    return {"episodes": n, "completed": k, "rate": k / n if n else None,
+            "rate_95ci": wilson_interval(k, n) if n else None}
 
 
 def summarize(results: list[EpisodeResult]) -> dict:
@@ -406,8 +407,8 @@ def summarize(results: list[EpisodeResult]) -> dict:
         "successes": k,
         "success_rate": k / n if n else 0.0,
         "success_rate_95ci": interval,
-        "confusion": confusion_table(results),
-        "completed_as_instructed": instructed_success(results),
+        "confusion": (table := confusion_table(results)),
+        "completed_as_instructed": instructed_success(table),
         "mean_time_to_success_s": float(np.mean(times)) if times else None,
         "commands_published_per_episode": [r.commands_published for r in results],
         "inference_ms_p50": last.get("inference_ms_p50"),
