@@ -16,7 +16,7 @@ from interbotix_xs_msgs.msg import JointGroupCommand, JointSingleCommand
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import CompressedImage, Image, JointState
 from std_msgs.msg import Bool, Float32
-from std_srvs.srv import Trigger
+from std_srvs.srv import SetBool, Trigger
 from trajectory_msgs.msg import JointTrajectory, JointTrajectoryPoint
 
 from vla_ros.robot import decode
@@ -193,6 +193,18 @@ def test_reset_service_starts_a_new_episode(running):
     assert "episode" in response.message
     probe.wait_for(lambda: abs(state_vector(probe)[0]) < 0.02 and abs(state_vector(probe)[7]) < 0.02,
                    20.0, "the arms back at the start pose", node)
+
+
+def test_repeated_service_calls_reuse_one_client(running):
+    """sim-eval resets sim_node once per episode: every call after the first goes through the
+    client whose response path is already matched, so none waits on discovery again."""
+    node, probe = running
+    episodes = [probe.call(Trigger, "/sim_node/reset", Trigger.Request(), 20.0, node).message for _ in range(5)]
+    numbers = [int(message.split()[1]) for message in episodes]
+    assert numbers == list(range(numbers[0], numbers[0] + 5)), episodes
+    assert len([c for c in probe.node.clients if c.srv_name == "/sim_node/reset"]) == 1
+    with pytest.raises(ValueError, match="was called as Trigger"):
+        probe.call(SetBool, "/sim_node/reset", SetBool.Request(), 1.0, node)
 
 
 def trajectory(names, positions, times, stamp=Time()):

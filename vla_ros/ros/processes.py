@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import rclpy
+from rclpy.client import Client
 from rclpy.context import Context
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
@@ -118,6 +119,7 @@ class Probe:
         self.executor.add_node(self.node)
         self.received: dict[str, list] = {}
         self.receipt_times: dict[str, list[float]] = {}
+        self.clients: dict[str, Client] = {}
 
     def close(self) -> None:
         self.executor.shutdown()
@@ -172,8 +174,18 @@ class Probe:
                       f"{count} subscribers of {publisher.topic_name}", process)
 
     def call(self, srv_type, name: str, request, timeout: float, process: NodeProcess | None = None):
-        """Call a service once it is available; returns the response."""
-        client = self.node.create_client(srv_type, name)
+        """Call a service once it is available; returns the response.
+
+        One client per service, reused by every call. Why: a new client's response reader may not
+        yet be matched by the server's response writer when service_is_ready() already holds, and
+        a response sent then is lost (ros2/rmw_fastrtps#842, ros2/rmw_cyclonedds#74). A client per
+        call ran that race on every call, and the clients it left behind slowed discovery until
+        sim-eval runs stopped on '/sim_node/reset' timeouts after 25-32 episodes."""
+        client = self.clients.get(name)
+        if client is None:
+            client = self.clients[name] = self.node.create_client(srv_type, name)
+        elif client.srv_type is not srv_type:
+            raise ValueError(f"service {name} was called as {client.srv_type.__name__}, now as {srv_type.__name__}")
         self.wait_for(client.service_is_ready, timeout, f"service {name}", process)
         future = client.call_async(request)
         self.wait_for(future.done, timeout, f"response from {name}", process)
