@@ -420,6 +420,7 @@ def test_inference_slowdown_holds_each_chunk_back_by_its_factor(session_factory)
 @pytest.mark.parametrize("params, message", [
     ({"profile": "no_such_robot"}, "file not found"),
     ({"chunk_blend": "average"}, "'chunk_blend' must be one of"),
+    ({"crossfade_ticks": -1}, "'crossfade_ticks' must be >= 0"),
     ({"control_rate_hz": -5.0}, "'control_rate_hz' must be >= 0"),
     ({"noise_scale": -2.0}, "'noise_scale' must be >= -1"),
     ({"noise_correlation": -2.0}, "'noise_correlation' must be >= -1"),

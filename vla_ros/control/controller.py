@@ -47,7 +47,10 @@ class ControllerConfig:
     max_camera_spread: float = 0.1
     chunk_blend: str = "ensemble"
     ensemble_weight: float = 0.01
-    crossfade_ticks: int = 5
+    # 10 ticks (0.2 s): with 5, consecutive one-step chunks of the shipped policy entered the blend
+    # fast enough to put the acceleration cap on 9.5% of ticks, with 10 on 5.9%, same successes
+    # (docs/experiments.md, "Demonstrations from rest, a slower ramp-in").
+    crossfade_ticks: int = 10
     max_chunks: int = 16
     soft_start_time: float = 2.0
     soft_start_speed_scale: float = 0.25

@@ -236,7 +236,7 @@ def rollout(checkpoint, episodes: int = 10, seed: int = 1000, chunk_blend: str =
             noise_per_episode: bool = False, runtime_seed: int = 0, demonstrations: bool = True,
             max_ticks: int = EPISODE_LEN, soft_start_time: float = ControllerConfig.soft_start_time,
             progress=None, latency_ticks: int = 0, behaviour: str = TRANSFER, action_prefix_steps: int = -1,
-            run_out: bool = False) -> dict:
+            run_out: bool = False, crossfade_ticks: int = ControllerConfig.crossfade_ticks) -> dict:
     """The report as a dict (see the module docstring). action_prefix_steps as policy_node's
     parameter: -1 the checkpoint's, 0 none, else at most the checkpoint's."""
     if behaviour not in BEHAVIOURS:
@@ -255,7 +255,7 @@ def rollout(checkpoint, episodes: int = 10, seed: int = 1000, chunk_blend: str =
     height, width = next(iter(sizes.values()), (profile.cameras[0].height, profile.cameras[0].width))
     sim = AlohaSim("transfer_cube", cameras=tuple(SIM_CAMERA_FOR_PROFILE_CAMERA[c] for c in profile.camera_names),
                    image_width=width, image_height=height)
-    config = ControllerConfig(chunk_blend=chunk_blend, soft_start_time=soft_start_time)
+    config = ControllerConfig(chunk_blend=chunk_blend, crossfade_ticks=crossfade_ticks, soft_start_time=soft_start_time)
     controller = Controller(profile, config)
     replan_ticks = max(1, round(REPLAN_PERIOD / controller.dt))
     started = time.monotonic()
@@ -285,6 +285,7 @@ def rollout(checkpoint, episodes: int = 10, seed: int = 1000, chunk_blend: str =
         "runtime_seed": runtime_seed,
         **runtime.initial_noise.describe(),
         "chunk_blend": chunk_blend,
+        "crossfade_ticks": crossfade_ticks,
         "soft_start_time": soft_start_time,
         "replan_ticks": replan_ticks,
         "latency_ticks": latency_ticks,
@@ -305,6 +306,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--behaviour", default=TRANSFER, choices=BEHAVIOURS,
                         help="the instruction given and the behaviour that counts as success")
     parser.add_argument("--chunk-blend", default="ensemble", choices=BLEND_MODES)
+    parser.add_argument("--crossfade-ticks", type=int, default=ControllerConfig.crossfade_ticks,
+                        help="ticks over which a new chunk ramps into the blend (policy_node's crossfade_ticks)")
     parser.add_argument("--deterministic", action="store_true", help="decode from zero noise")
     parser.add_argument("--noise-scale", type=float, default=None,
                         help="initial noise temperature (1: as trained; default: the checkpoint's recommended_noise_scale)")
@@ -334,7 +337,8 @@ def main(argv: list[str]) -> int:
                          args.noise_scale, args.noise_correlation, args.noise_per_episode, args.runtime_seed,
                          not args.no_demonstrations, args.max_ticks, args.soft_start_time, progress=lambda line: print(line, file=sys.stderr, flush=True),
                          latency_ticks=args.latency_ticks, behaviour=args.behaviour,
-                         action_prefix_steps=args.action_prefix_steps, run_out=args.run_out)
+                         action_prefix_steps=args.action_prefix_steps, run_out=args.run_out,
+                         crossfade_ticks=args.crossfade_ticks)
     except (ValueError, OSError, CheckpointError) as error:
         print(f"vla-ros rollout: {error}", file=sys.stderr)
         return 1
@@ -344,7 +348,7 @@ def main(argv: list[str]) -> int:
         Path(args.report).write_text(text)
     print(json.dumps({"report": args.report, "config": {k: report[k] for k in (
         "behaviour", "steps", "deterministic", "noise_scale", "noise_correlation", "noise_per_episode", "chunk_blend",
-        "soft_start_time", "latency_ticks", "action_prefix_steps", "run_out")},
+        "crossfade_ticks", "soft_start_time", "latency_ticks", "action_prefix_steps", "run_out")},
         **report["summary"]}, indent=1) if args.report else text)
     return 0
 

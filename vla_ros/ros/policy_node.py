@@ -82,6 +82,9 @@ PARAMETERS = (
     ParamSpec("max_camera_age", 0.15, "hold when a camera's newest frame is older (s)", minimum=0.001),
     ParamSpec("max_camera_spread", 0.1, "hold when camera stamps differ by more (s)", minimum=0.0),
     ParamSpec("chunk_blend", "ensemble", "how overlapping chunks are blended", choices=("ensemble", "crossfade", "replace")),
+    ParamSpec("crossfade_ticks", ControllerConfig.crossfade_ticks, "control ticks over which a new chunk ramps into "
+              "the blend ('ensemble') or takes over ('crossfade'); shorter reacts sooner, longer is smoother",
+              minimum=0, maximum=1000),
     ParamSpec("soft_start_time", 2.0, "after enable: ramp from the measured pose for this long (s)", minimum=0.0),
     ParamSpec("soft_start_speed_scale", 0.25, "velocity limit scale while ramping", minimum=0.01, maximum=1.0),
     ParamSpec("hold_fault_timeout", 2.0, "holding longer than this faults; re-enable needed (s)", minimum=0.01),
@@ -140,6 +143,7 @@ class PolicyNode(Node):
             max_camera_age=self.params["max_camera_age"],
             max_camera_spread=self.params["max_camera_spread"],
             chunk_blend=self.params["chunk_blend"],
+            crossfade_ticks=self.params["crossfade_ticks"],
             soft_start_time=self.params["soft_start_time"],
             soft_start_speed_scale=self.params["soft_start_speed_scale"],
             hold_fault_timeout=self.params["hold_fault_timeout"],
