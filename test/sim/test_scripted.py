@@ -71,37 +71,46 @@ def test_something_moves_until_the_cube_has_changed_hands(episodes, seed):
     assert travel.min() > 0.02, f"nothing moves around step {int(travel.argmin())}"
 
 
+@pytest.mark.parametrize("behaviour", scripted.BEHAVIOURS)
 @pytest.mark.parametrize("seed", SEEDS)
-def test_arm_joints_stay_under_the_acceleration_cap(episodes, seed):
+def test_plans_leave_rest_smoothly_and_stay_under_the_acceleration_cap(episodes, seed, behaviour):
     """A policy imitates its demonstrations' accelerations, and the safety filter caps what exceeds
-    the profile's limit. After the first 0.6 s, the smoothed plan's arm joints exceed it on under
-    2% of steps (the linear plan: about 5%, at every waypoint). In the first 0.6 s, for cubes near
-    the table's edges (seeds 2 and 8), the two roll joints swing up to 0.3 rad against each other
-    while the gripper turns in its straight posture; that lies in the 2 s soft start, where the
-    filter lags any motion anyway."""
+    the profile's limit. The plans start from rest (the arms are still when an episode starts) and
+    their arm joints exceed the limit on under 2% of steps, from the first step on: the transfer
+    on none, the lift only at the top, where the right wrist turns from lifting to placing.
+    Before the start was held and the wrist rolls damped, the first steps moved up to 0.02 rad per
+    tick and the two roll joints swung up to 0.3 rad against each other, over the cap on some 50
+    steps per episode."""
     profile = load_profile("aloha_sim")
     arms = scripted.ARM_JOINT_INDICES
-    second = np.abs(np.diff(episodes[seed].joint_actions, n=2, axis=0))[30:, arms]
+    actions = (episodes[seed] if behaviour == scripted.TRANSFER
+               else scripted.scripted_transfer_cube(seed, behaviour=behaviour)).joint_actions
     cap = profile.acceleration_limit[arms] * profile.dt ** 2
-    assert (second > cap).any(axis=1).mean() < 0.02
+    assert np.abs(actions[1, arms] - actions[0, arms]).max() < 0.1 * cap.min() / profile.dt
+    over_cap = (np.abs(np.diff(actions, n=2, axis=0))[:, arms] > cap).any(axis=1)
+    assert over_cap.mean() < 0.02
+    if behaviour == scripted.TRANSFER:
+        assert not over_cap.any(), f"over the cap at steps {np.flatnonzero(over_cap)}"
 
 
-def test_plan_through_the_controller_is_capped_only_during_the_soft_start(episodes):
+@pytest.mark.parametrize("soft_start_time", [2.0, 0.2])  # policy_node's default, sim-eval's
+def test_plan_through_the_controller_is_almost_never_capped(episodes, soft_start_time):
     """The plan executed as policy_node would execute a perfect imitation of it (chunks every 0.1 s
-    through the Controller and its safety filter): after the soft start nothing is capped, and the
-    acceleration cap fires on under 10% of all ticks (issue 17's target for the policy)."""
+    through the Controller and its safety filter) over the 400 ticks that sim-eval runs, with either
+    soft start: the acceleration cap fires on under 1% of ticks (issue 17's target for the policy
+    is 10%), never after the soft start."""
     from vla_ros.control.controller import Controller, ControllerConfig
     from vla_ros.policy.rollout import REPLAN_PERIOD, drive
     from vla_ros.sim.aloha_sim import AlohaSim
 
     profile = load_profile("aloha_sim")
-    controller = Controller(profile, ControllerConfig())
+    controller = Controller(profile, ControllerConfig(soft_start_time=soft_start_time))
     plan = episodes[SEEDS[0]].joint_actions
     result = drive(controller, AlohaSim("transfer_cube", cameras=()), SEEDS[0],
-                   lambda tick, *_: plan[tick:tick + 20], round(REPLAN_PERIOD / profile.dt), len(plan))
-    assert result["success"]
+                   lambda tick, *_: plan[tick:tick + 20], round(REPLAN_PERIOD / profile.dt), len(plan), run_out=True)
+    assert result["success"] and result["ticks"] == len(plan)
     assert result["interventions_ticks_after_soft_start"]["cap_acceleration"] == 0
-    assert result["interventions_ticks"]["cap_acceleration"] < 0.1 * result["ticks"]
+    assert result["interventions_ticks"]["cap_acceleration"] < 0.01 * result["ticks"]
 
 
 def test_replay_renders_the_requested_camera(episodes):

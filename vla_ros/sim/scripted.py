@@ -5,9 +5,9 @@ in gym-aloha's end-effector variant of the task, where mocap bodies welded to th
 drag the arms. The joints that this produces are what a leader arm would have commanded, so the
 recorded joint trajectory (14-dim, grippers normalised, 50 Hz) is replayed as ACTIONS in the
 joint-space task that sim_node and the policy use; only episodes that succeed there count.
-The end-effector run stiffens the package's welds and adds weak wrist-roll springs (see
-WELD_SOLIMP, ROLL_SPRING_STIFFNESS) so that the arms follow the plan; the joint-space task's
-physics is left exactly as gym-aloha ships it.
+The end-effector run stiffens the package's welds and adds weak, damped wrist-roll springs (see
+WELD_SOLIMP, ROLL_SPRING_STIFFNESS, ROLL_DAMPING) so that the arms follow the plan; the
+joint-space task's physics is left exactly as gym-aloha ships it.
 
 Cube pose: ``cube_pose_for_seed(seed)`` is ``gym_aloha.utils.sample_box_pose(seed)``, the very
 call that ``gym_aloha``'s ``AlohaEnv.reset(seed=seed)`` makes. The joint-space task reads the
@@ -67,6 +67,12 @@ WELD_SOLIMP = [0.95, 0.99, 0.001]
 # zero pick the unflipped one without moving the gripper. N m / rad.
 ROLL_JOINTS = ("forearm_roll", "wrist_rotate")
 ROLL_SPRING_STIFFNESS = 2.0
+# The springs do not stop the two rolls from swinging against each other (0.14-0.25 rad within the
+# first 60 steps in 7 of 10 seeds) while the wrist passes its straight posture: such a swing is
+# capped by the safety filter wherever it is replayed, and a policy imitates it. Viscous damping
+# on the same joints takes the swing out; the gripper's pose is the welds', so it is unchanged.
+# N m s / rad.
+ROLL_DAMPING = 1.0
 # Control step just after the cube reaches the meeting point (step 175): the left arm, which has
 # been moving toward its place beside the meeting point since the start, goes straight on to the
 # cube, planned around where the cube actually is in the right gripper. Why no pause: a policy
@@ -85,7 +91,8 @@ LIFT_PLACE_RISE = 0.10
 LIFT_PLACE_SHIFT = 0.06
 LIFT_PLACE_LEFT_RISE = 0.15
 PLACE_STEP = 210
-# Half-width (control steps) of the triangular window that smooths the piecewise-linear plan.
+# Half-width (control steps) of the triangular window that smooths the piecewise-linear plan;
+# every plan also holds its start for as many steps (_eased_in), so that it leaves rest smoothly.
 # Linear segments jump in velocity at every waypoint; replayed through the safety filter, such a
 # plan hit the 8 rad/s^2 acceleration cap on 16-20% of ticks, and a policy that imitates it is
 # capped as often. Smoothed over +-8 steps (0.16 s), the velocity is continuous and the same
@@ -176,6 +183,18 @@ def _interpolate(waypoints: list[Waypoint], step: int) -> tuple[np.ndarray, np.n
             gripper = before.gripper + frac * (after.gripper - before.gripper)
             return point, rotation / np.linalg.norm(rotation), gripper
     raise ValueError(f"step {step} precedes the first waypoint (step {waypoints[0].step})")
+
+
+def _eased_in(waypoints: list[Waypoint], steps: int = PLAN_SMOOTHING_STEPS) -> list[Waypoint]:
+    """The plan with its start held for `steps` steps. Why: the smoothing window is clamped at the
+    plan's first step, so without the hold the smoothed path already moves at full speed on step
+    0 (up to 0.02 rad per tick): a jump from rest that the safety filter caps, and that a policy
+    trained on it learns to make."""
+    start = waypoints[0]
+    if waypoints[1].step <= start.step + steps:
+        raise ValueError(f"the plan's second waypoint (step {waypoints[1].step}) leaves no room to hold its start")
+    held = Waypoint(start.step + steps, start.grasp_point, start.rotation, start.gripper)
+    return [start, held, *waypoints[1:]]
 
 
 def _smoothed(waypoints: list[Waypoint], step: int, half_width: int = PLAN_SMOOTHING_STEPS):
@@ -405,6 +424,7 @@ def record_transfer_cube(
     for arm in ARM_NAMES:
         for joint in ROLL_JOINTS:
             physics.named.model.jnt_stiffness[f"vx300s_{arm}/{joint}"] = ROLL_SPRING_STIFFNESS
+            physics.named.model.dof_damping[f"vx300s_{arm}/{joint}"] = ROLL_DAMPING
     env = _make_environment(physics, _EndEffectorTransferCube(cube_pose))
     env.reset()
 
@@ -421,17 +441,18 @@ def record_transfer_cube(
         for i, arm in enumerate(ARM_NAMES)
     ]
     right_base = physics.named.data.xpos["vx300s_right"].copy()
+    def eased(plan: dict[str, list[Waypoint]]) -> dict[str, list[Waypoint]]:
+        return {arm: _eased_in(waypoints) for arm, waypoints in plan.items()}
+
     planner = plan_transfer_cube if behaviour == TRANSFER else plan_lift_place
-    plan = planner(cube_pose[:3], right_base, *starts)
+    plan = eased(planner(cube_pose[:3], right_base, *starts))
     monitor = BehaviourMonitor(physics)
 
     joint_actions = np.empty((episode_len, 14))
     for step in range(episode_len):
         if behaviour == TRANSFER and step == HANDOVER_STEP:
             cube_in_hand = physics.named.data.qpos[CUBE_JOINT][:3].copy()
-            plan = plan_transfer_cube(
-                cube_pose[:3], right_base, *starts, handover_point=cube_in_hand
-            )
+            plan = eased(plan_transfer_cube(cube_pose[:3], right_base, *starts, handover_point=cube_in_hand))
         mocap_action = []
         for arm_index, arm in enumerate(ARM_NAMES):
             point, quat, gripper = _smoothed(plan[arm], step)
