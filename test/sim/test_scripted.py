@@ -93,24 +93,27 @@ def test_plans_leave_rest_smoothly_and_stay_under_the_acceleration_cap(episodes,
         assert not over_cap.any(), f"over the cap at steps {np.flatnonzero(over_cap)}"
 
 
-@pytest.mark.parametrize("soft_start_time", [2.0, 0.2])  # policy_node's default, sim-eval's
-def test_plan_through_the_controller_is_almost_never_capped(episodes, soft_start_time):
+@pytest.mark.parametrize("soft_start_time, max_capped", [(2.0, 0.03), (0.2, 0.01)])  # policy_node's default, sim-eval's
+def test_plan_through_the_controller_is_almost_never_capped(episodes, soft_start_time, max_capped):
     """The plan executed as policy_node would execute a perfect imitation of it (chunks every 0.1 s
-    through the Controller and its safety filter) over the 400 ticks that sim-eval runs, with either
-    soft start: the acceleration cap fires on under 1% of ticks (issue 17's target for the policy
-    is 10%), never after the soft start."""
+    through the Controller and its safety filter) over the 400 ticks that sim-eval runs: never
+    capped after the soft start, and within it on 1-9 ticks with the 2 s soft start (seeds 0, 2,
+    8, 9: the quarter speed lags the plan) and on 1 tick with sim-eval's 0.2 s. Issue 17's
+    target for the policy is 10%."""
     from vla_ros.control.controller import Controller, ControllerConfig
     from vla_ros.policy.rollout import REPLAN_PERIOD, drive
     from vla_ros.sim.aloha_sim import AlohaSim
 
     profile = load_profile("aloha_sim")
     controller = Controller(profile, ControllerConfig(soft_start_time=soft_start_time))
-    plan = episodes[SEEDS[0]].joint_actions
-    result = drive(controller, AlohaSim("transfer_cube", cameras=()), SEEDS[0],
-                   lambda tick, *_: plan[tick:tick + 20], round(REPLAN_PERIOD / profile.dt), len(plan), run_out=True)
-    assert result["success"] and result["ticks"] == len(plan)
-    assert result["interventions_ticks_after_soft_start"]["cap_acceleration"] == 0
-    assert result["interventions_ticks"]["cap_acceleration"] < 0.01 * result["ticks"]
+    sim = AlohaSim("transfer_cube", cameras=())
+    for seed in SEEDS:
+        plan = episodes[seed].joint_actions
+        result = drive(controller, sim, seed, lambda tick, *_: plan[tick:tick + 20],
+                       round(REPLAN_PERIOD / profile.dt), len(plan), run_out=True)
+        assert result["success"] and result["ticks"] == len(plan), seed
+        assert result["interventions_ticks_after_soft_start"]["cap_acceleration"] == 0, seed
+        assert result["interventions_ticks"]["cap_acceleration"] <= max_capped * result["ticks"], (seed, result)
 
 
 def test_replay_renders_the_requested_camera(episodes):
