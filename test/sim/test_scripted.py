@@ -93,6 +93,16 @@ def test_plans_leave_rest_smoothly_and_stay_under_the_acceleration_cap(episodes,
         assert not over_cap.any(), f"over the cap at steps {np.flatnonzero(over_cap)}"
 
 
+def test_a_plan_too_short_to_hold_its_start_is_refused():
+    start = scripted.Waypoint(0, np.zeros(3), np.array([1.0, 0.0, 0.0, 0.0]), 0.0)
+    moved = dataclasses.replace(start, step=scripted.PLAN_SMOOTHING_STEPS, grasp_point=np.ones(3))
+    with pytest.raises(ValueError, match="no room to hold its start"):
+        scripted._eased_in([start, moved])
+    held = scripted._eased_in([start, dataclasses.replace(moved, step=60)])
+    assert [w.step for w in held] == [0, scripted.PLAN_SMOOTHING_STEPS, 60]
+    np.testing.assert_array_equal(held[1].grasp_point, start.grasp_point)
+
+
 @pytest.mark.parametrize("soft_start_time, max_capped", [(2.0, 0.03), (0.2, 0.01)])  # policy_node's default, sim-eval's
 def test_plan_through_the_controller_is_almost_never_capped(episodes, soft_start_time, max_capped):
     """The plan executed as policy_node would execute a perfect imitation of it (chunks every 0.1 s
