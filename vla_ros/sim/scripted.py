@@ -185,15 +185,15 @@ def _interpolate(waypoints: list[Waypoint], step: int) -> tuple[np.ndarray, np.n
     raise ValueError(f"step {step} precedes the first waypoint (step {waypoints[0].step})")
 
 
-def _eased_in(waypoints: list[Waypoint], steps: int = PLAN_SMOOTHING_STEPS) -> list[Waypoint]:
-    """The plan with its start held for `steps` steps. Why: the smoothing window is clamped at the
+def _eased_in(waypoints: list[Waypoint]) -> list[Waypoint]:
+    """The plan with its start held for PLAN_SMOOTHING_STEPS steps. Why: the smoothing window is clamped at the
     plan's first step, so without the hold the smoothed path already moves at full speed on step
     0 (up to 0.02 rad per tick): a jump from rest that the safety filter caps, and that a policy
     trained on it learns to make."""
     start = waypoints[0]
-    if waypoints[1].step <= start.step + steps:
+    if waypoints[1].step <= start.step + PLAN_SMOOTHING_STEPS:
         raise ValueError(f"the plan's second waypoint (step {waypoints[1].step}) leaves no room to hold its start")
-    held = Waypoint(start.step + steps, start.grasp_point, start.rotation, start.gripper)
+    held = Waypoint(start.step + PLAN_SMOOTHING_STEPS, start.grasp_point, start.rotation, start.gripper)
     return [start, held, *waypoints[1:]]
 
 
@@ -441,6 +441,7 @@ def record_transfer_cube(
         for i, arm in enumerate(ARM_NAMES)
     ]
     right_base = physics.named.data.xpos["vx300s_right"].copy()
+
     def eased(plan: dict[str, list[Waypoint]]) -> dict[str, list[Waypoint]]:
         return {arm: _eased_in(waypoints) for arm, waypoints in plan.items()}
 
