@@ -176,8 +176,12 @@ def test_bench_prints_latency_json(capsys):
     per_cameras = report["cpu"]["per_cameras"]
     assert set(per_cameras) == {"1", "2"}
     for result in per_cameras.values():
-        assert set(result) == {"prefix_only", "steps_1", "steps_3", "one_step_over_prefix"}
+        assert set(result) == {"prefix_only", "steps_1", "steps_3", "one_step_over_prefix", "mflop",
+                               "mflop_one_step_over_prefix"}
         assert result["steps_3"]["n"] == 3 and result["steps_1"]["p50_ms"] <= result["steps_1"]["p99_ms"]
+        # every step adds head arithmetic on top of the prefix's
+        mflop = result["mflop"]
+        assert 0 < mflop["prefix_only"] < mflop["steps_1"] < mflop["steps_3"]
     assert report["cuda"] == "no CUDA device" or "peak_gpu_memory_gb" in report["cuda"]
 
 
@@ -196,8 +200,12 @@ def test_bench_times_both_attention_layouts_with_and_without_instruction_padding
     for result in layouts["tiny"]["layouts"].values():
         assert {"prefix_only", "steps_1", "steps_10", "ten_over_one", "head_step_ms", "head_step_over_prefix"} <= set(result)
         assert result["ten_over_one"] == pytest.approx(result["steps_10"]["p50_ms"] / result["steps_1"]["p50_ms"], abs=1e-3)
-    cached, whole = (layouts["tiny"]["layouts"][f"{layout}, instruction cut"]["head_only"]
-                     for layout in ("block_causal", "bidirectional"))
+    # the cache takes the condition tokens out of every step's arithmetic
+    cached_run, whole_run = (layouts["tiny"]["layouts"][f"{layout}, instruction cut"]
+                             for layout in ("block_causal", "bidirectional"))
+    assert cached_run["mflop"]["prefix_only"] == whole_run["mflop"]["prefix_only"]
+    assert cached_run["mflop_ten_over_one"] < whole_run["mflop_ten_over_one"]
+    cached, whole = cached_run["head_only"], whole_run["head_only"]
     assert cached["condition_tokens"] == whole["condition_tokens"] == 16 + 9  # one camera's tokens + the instruction
     assert set(cached) >= {"condition_pass", "step"} and "condition_pass" not in whole
 

@@ -30,6 +30,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from vla_ros.policy.checkpoint import build_random_policy, load_checkpoint  # noqa: E402
 from vla_ros.policy.head import BIDIRECTIONAL, BLOCK_CAUSAL  # noqa: E402
@@ -74,8 +75,21 @@ def time_interleaved(calls: dict, warmup: int, repeats: int) -> dict[str, dict[s
     return {name: percentiles(values) for name, values in samples.items()}
 
 
+def arithmetic_mflop(calls: dict) -> dict[str, float]:
+    """Each call's matrix arithmetic (matmuls, convolutions, attention) in MFLOP, counted by
+    torch's FlopCounterMode in one call. Its ratios are what the time ratios would be on a machine
+    where only arithmetic costs: the floor the time ratios cannot beat."""
+    counts = {}
+    for name, call in calls.items():
+        with FlopCounterMode(display=False) as counter:
+            call()
+        counts[name] = round(counter.get_total_flops() / 1e6, 3)
+    return counts
+
+
 def measure(runtime: PolicyRuntime, image_hw: tuple[int, int], steps_list, warmup: int, repeats: int) -> dict:
-    """Prefix alone and predict with each step count, interleaved (time_interleaved)."""
+    """Prefix alone and predict with each step count, interleaved (time_interleaved), and the
+    arithmetic of each (arithmetic_mflop)."""
     rng = np.random.default_rng(0)
     images = {key: rng.integers(0, 256, (*image_hw, 3), dtype=np.uint8) for key in runtime.camera_keys}
     state = np.zeros(runtime.config.real_state_dim)
@@ -84,8 +98,12 @@ def measure(runtime: PolicyRuntime, image_hw: tuple[int, int], steps_list, warmu
     for steps in steps_list:
         calls[f"steps_{steps}"] = lambda steps=steps: runtime.predict(images, state, steps=steps)
     result = time_interleaved(calls, warmup, repeats)
+    result["mflop"] = arithmetic_mflop(calls)
     if 1 in steps_list:
         result["one_step_over_prefix"] = round(result["steps_1"]["p50_ms"] / result["prefix_only"]["p50_ms"], 3)
+        result["mflop_one_step_over_prefix"] = round(result["mflop"]["steps_1"] / result["mflop"]["prefix_only"], 3)
+        if 10 in steps_list:
+            result["mflop_ten_over_one"] = round(result["mflop"]["steps_10"] / result["mflop"]["steps_1"], 3)
     return result
 
 
