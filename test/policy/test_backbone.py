@@ -42,6 +42,20 @@ def test_encodes_cameras_and_text_into_condition_tokens(model_dirs, preset):
     assert torch.isfinite(tokens).all()
 
 
+def test_paligemma_builds_no_pooling_head_and_weights_saved_with_one_still_load(model_dirs):
+    """PaliGemma reads the vision tower's patch tokens, never its pooled output: the pooling head is
+    not built (transformers' PaliGemma configs have none), and checkpoints saved with one load."""
+    backbone = VLMBackbone.from_directory(model_dirs["tiny"])
+    assert backbone.vlm.config.vision_config.vision_use_head is False
+    assert not [name for name, _ in backbone.vision_tower().named_parameters() if name.startswith("head.")]
+    width = backbone.vlm.config.vision_config.hidden_size
+    saved_with_head = {**backbone.state_dict(), "vlm.vision_tower.head.probe": torch.zeros(1, 1, width),
+                       "vlm.vision_tower.head.mlp.fc1.weight": torch.zeros(4, width)}
+    backbone.load_state_dict(saved_with_head, strict=True)
+    with pytest.raises(RuntimeError, match="vision_tower.neck.weight"):  # other stray weights are still refused
+        backbone.load_state_dict({**backbone.state_dict(), "vlm.vision_tower.neck.weight": torch.zeros(1)})
+
+
 @pytest.mark.parametrize("preset", list(FAMILIES))
 def test_keeps_only_the_first_k_language_layers_with_their_pretrained_weights(model_dirs, preset):
     full = VLMBackbone.from_directory(model_dirs[preset])

@@ -86,7 +86,8 @@ def test_the_loss_learns_offsets_from_the_recorded_state_not_the_noisy_one():
     with torch.no_grad():
         with_reference = loss(actions=actions, reference_state=recorded)
         torch.testing.assert_close(with_reference, loss(actions=shifted), rtol=1e-5, atol=1e-6)
-        assert not torch.allclose(with_reference, loss(actions=actions), rtol=1e-3, atol=0)
+        # 0.05 rad of state noise moves a loss of about 8 by a few 1e-3 (equal would be within 1e-5)
+        assert not torch.allclose(with_reference, loss(actions=actions), rtol=1e-4, atol=0)
 
 
 def test_noisy_training_batches_keep_the_recorded_state_as_reference(tmp_path):

@@ -167,7 +167,7 @@ def _break(model_dirs, tmp_path, how):
 
 @pytest.mark.parametrize("how, message", [
     ("missing", "does not exist"),
-    ("shard_missing", "1 of 15 weight shards are missing"),
+    ("shard_missing", "1 of 13 weight shards are missing"),
     ("wrong_model_type", "unsupported backbone model_type 'bert'"),
     ("no_tokenizer", "no tokenizer.json"),
     ("foreign_tokenizer", "do not belong together"),

@@ -218,6 +218,15 @@ def read_processor_size(directory: Path) -> int | None:
     return None
 
 
+POOLING_HEAD = "vlm.vision_tower.head."  # the SigLIP pooling head a PaliGemma backbone no longer builds
+
+
+def _drop_pooling_head(state_dict, prefix, *_) -> None:
+    """Weights saved before the pooling head was dropped still load: its tensors are discarded."""
+    for key in [key for key in state_dict if key.startswith(prefix + POOLING_HEAD)]:
+        del state_dict[key]
+
+
 class VLMBackbone(nn.Module):
     """Camera images + instruction tokens -> condition tokens (B, N, hidden) and mask (B, N)."""
 
@@ -236,6 +245,7 @@ class VLMBackbone(nn.Module):
         self.register_buffer("image_mean", torch.tensor(image_mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("image_std", torch.tensor(image_std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self._token_cache: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+        self._register_load_state_dict_pre_hook(_drop_pooling_head)
 
     # ---- construction -------------------------------------------------------------------------
     @classmethod
@@ -274,6 +284,10 @@ class VLMBackbone(nn.Module):
         family = family_of(config)
         config = copy.deepcopy(config)
         truncate_language_layers(config, num_lm_layers)
+        if family == "paligemma":
+            # PaliGemma reads the vision tower's patch tokens, never its attention-pooled output
+            # (transformers' own PaliGemma default has no pooling head): a head would only cost time.
+            config.vision_config.vision_use_head = False
         check_vocabulary(tokenizer, config)
         model_class = MODEL_CLASSES[family]
         with _quiet_transformers():

@@ -99,7 +99,8 @@ class BackbonePreset:
 
 def _paligemma(vision: dict, text: dict, vocab_size: int, image_token_id: int) -> PaliGemmaConfig:
     return PaliGemmaConfig(
-        vision_config=SiglipVisionConfig(**vision).to_dict(),
+        # As PaliGemma's own configs: the SigLIP tower without its attention-pooling head.
+        vision_config=SiglipVisionConfig(**vision, vision_use_head=False).to_dict(),
         text_config=GemmaConfig(vocab_size=vocab_size, **text).to_dict(),
         projection_dim=text["hidden_size"],
         image_token_id=image_token_id,
