@@ -19,6 +19,7 @@ from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Bool, String
 from std_srvs.srv import SetBool, Trigger
 
+from vla_ros.control.controller import ControllerConfig
 from vla_ros.policy.checkpoint import build_random_policy, load_checkpoint, save_checkpoint
 from vla_ros.robot.profile import config_dir, load_profile
 from vla_ros.ros import convert
@@ -369,20 +370,24 @@ def test_mismatched_checkpoint_refuses_to_arm(session_factory, assets):
 
 def test_decodes_with_the_checkpoints_noise_unless_the_parameter_overrides_it(session_factory, assets):
     """noise_correlation and noise_scale -1 (the defaults) take the checkpoint's recommendations;
-    the diagnostics say what the node decodes with."""
+    the diagnostics say what the node decodes with, and how its controller blends chunks."""
     checkpoint = str(Path(assets["good"]).parent / "recommends_correlation")
 
     def decoding(**params) -> dict:
         session = session_factory(**params)
         values = session.latest()
         assert session.node.stop() == 0  # one node on the domain at a time: its diagnostics alone
-        return {key: values.get(key) for key in ("noise_correlation", "noise_scale", "decode_steps")}
+        return {key: values.get(key) for key in ("noise_correlation", "noise_scale", "decode_steps", "chunk_blend",
+                                                 "crossfade_ticks")}
 
-    assert decoding(checkpoint=checkpoint) == {"noise_correlation": "8.0", "noise_scale": "0.5", "decode_steps": "1"}
-    assert decoding(checkpoint=checkpoint, noise_correlation=0.0, noise_scale=1.0) == {
-        "noise_correlation": "0.0", "noise_scale": "1.0", "decode_steps": "1"}
+    defaults = {"chunk_blend": "ensemble", "crossfade_ticks": str(ControllerConfig.crossfade_ticks)}
+    assert decoding(checkpoint=checkpoint) == {"noise_correlation": "8.0", "noise_scale": "0.5", "decode_steps": "1",
+                                               **defaults}
+    assert decoding(checkpoint=checkpoint, noise_correlation=0.0, noise_scale=1.0, chunk_blend="crossfade",
+                    crossfade_ticks=3) == {"noise_correlation": "0.0", "noise_scale": "1.0", "decode_steps": "1",
+                                           "chunk_blend": "crossfade", "crossfade_ticks": "3"}
     # a checkpoint that recommends nothing: white noise at the training temperature
-    assert decoding() == {"noise_correlation": "0.0", "noise_scale": "1.0", "decode_steps": "1"}
+    assert decoding() == {"noise_correlation": "0.0", "noise_scale": "1.0", "decode_steps": "1", **defaults}
 
 
 def test_a_checkpoint_trained_with_an_action_prefix_is_given_the_plan(session_factory, assets):

@@ -276,7 +276,8 @@ class Controller:
             "chunk_time_left_s": (covered - now) if covered is not None and now is not None else 0.0,
             "last_chunk_latency_s": self._last_chunk_latency,
             "holding_s": self.safety.hold_duration(self._last_steady) if self._last_steady is not None else 0.0,
-            "chunk_blend": self.config.chunk_blend,
+            "chunk_blend": self.executor.blend,
+            "crossfade_ticks": self.executor.crossfade_ticks,
         }
         values.update(self.chunk_counters)
         values.update({f"interventions:{kind}": count for kind, count in sorted(self.safety.counters.items())})
