@@ -56,6 +56,21 @@ def test_the_driver_times_both_sides_in_turn_and_gives_the_peer_the_same_vlm(tmp
     assert ratios["smolvla_default_over_vla_ros_one_step"] == round(
         report["smolvla"]["steps_10"]["p50_ms"] / report["vla_ros"]["steps_1"]["p50_ms"], 3)
     assert report["vla_ros"]["horizon"] == 50  # SmolVLA's chunk size
+    assert report["vla_ros"]["head_dtype"] == report["dtype"] == "float32"
+
+
+def test_the_head_can_stay_float32_beside_a_bfloat16_vlm_as_smolvlas_expert_does(tmp_path):
+    worker = _stand_in(tmp_path, """\
+        print("ready " + json.dumps({"parameters": 1}), flush=True)
+        for line in sys.stdin:
+            if line.startswith("quit"):
+                break
+            print("done", flush=True)
+        """)
+    report = peer_bench.run(sys.executable, preset="tiny-smolvlm2", lm_layers=2, threads=1, dtype="bfloat16",
+                            warmup=0, repeats=1, worker=worker, head_float32=True)
+    assert report["dtype"] == "bfloat16" and report["vla_ros"]["head_dtype"] == "float32"
+    assert report["vla_ros"]["steps_1"]["n"] == 1  # the float32 head decodes from the bfloat16 prefix
 
 
 def test_a_worker_that_dies_is_a_clear_error_naming_its_last_words(tmp_path):

@@ -129,9 +129,14 @@ def build_vla_ros(preset_name: str, cameras: int, lm_layers: int, dtype: torch.d
 
 
 def run(peer_python: str, preset: str = "smolvlm2-500m", cameras: int = 1, lm_layers: int = SMOLVLA_LM_LAYERS,
-        threads: int = 2, dtype: str = "float32", warmup: int = 2, repeats: int = 10, worker: Path = WORKER) -> dict:
+        threads: int = 2, dtype: str = "float32", warmup: int = 2, repeats: int = 10, worker: Path = WORKER,
+        head_float32: bool = False) -> dict:
+    """head_float32: vla_ros's head stays float32 whatever `dtype`, as SmolVLA's expert does when
+    LeRobot casts only its VLM (same precision on both sides of the decoding steps)."""
     torch.set_num_threads(threads)
     runtime, text_tokens, dims, parameters = build_vla_ros(preset, cameras, lm_layers, DTYPES[dtype])
+    if head_float32:
+        runtime.policy.head.float()  # the head casts its inputs to its own dtype
     peer = PeerWorker(peer_python, dims, cameras, text_tokens, lm_layers, threads, dtype, worker)
     try:
         rng = np.random.default_rng(0)
@@ -161,6 +166,7 @@ def run(peer_python: str, preset: str = "smolvlm2-500m", cameras: int = 1, lm_la
         "load_average_before": [round(x, 2) for x in load_before],
         "load_average_after": [round(x, 2) for x in load_after],
         "vla_ros": {"parameters": parameters, "horizon": runtime.config.horizon,
+                    "head_dtype": str(next(runtime.policy.head.parameters()).dtype).removeprefix("torch."),
                     "head": runtime.config.head.to_dict(), "recommended_steps": 1,
                     **{key[len("vla_ros_"):]: value for key, value in timings.items() if key.startswith("vla_ros_")}},
         "smolvla": {**peer.facts,
@@ -185,6 +191,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--language-layers", type=int, default=SMOLVLA_LM_LAYERS)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--dtype", choices=tuple(DTYPES), default="float32")
+    parser.add_argument("--head-float32", action="store_true", help="keep vla_ros's head float32 with a bfloat16 "
+                        "VLM, as SmolVLA's expert stays under LeRobot")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--output", help="also write the JSON here")
@@ -193,7 +201,7 @@ def main(argv: list[str]) -> int:
         parser.error("--cameras, --repeats and --threads must be >= 1, --warmup >= 0")
     try:
         report = run(args.peer_python, args.preset, args.cameras, args.language_layers, args.threads, args.dtype,
-                     args.warmup, args.repeats)
+                     args.warmup, args.repeats, head_float32=args.head_float32)
     except PeerError as error:
         print(f"vla-ros bench peer: {error}", file=sys.stderr)
         return 2
