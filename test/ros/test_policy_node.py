@@ -370,7 +370,8 @@ def test_mismatched_checkpoint_refuses_to_arm(session_factory, assets):
 
 def test_decodes_with_the_checkpoints_noise_unless_the_parameter_overrides_it(session_factory, assets):
     """noise_correlation and noise_scale -1 (the defaults) take the checkpoint's recommendations;
-    the diagnostics say what the node decodes with, and how its controller blends chunks."""
+    the diagnostics say what the node decodes with (steps, noise, precision), and how its controller
+    blends chunks."""
     checkpoint = str(Path(assets["good"]).parent / "recommends_correlation")
 
     def decoding(**params) -> dict:
@@ -378,14 +379,15 @@ def test_decodes_with_the_checkpoints_noise_unless_the_parameter_overrides_it(se
         values = session.latest()
         assert session.node.stop() == 0  # one node on the domain at a time: its diagnostics alone
         return {key: values.get(key) for key in ("noise_correlation", "noise_scale", "decode_steps", "chunk_blend",
-                                                 "crossfade_ticks")}
+                                                 "crossfade_ticks", "dtype")}
 
-    defaults = {"chunk_blend": "ensemble", "crossfade_ticks": str(ControllerConfig.crossfade_ticks)}
+    defaults = {"chunk_blend": "ensemble", "crossfade_ticks": str(ControllerConfig.crossfade_ticks), "dtype": "float32"}
     assert decoding(checkpoint=checkpoint) == {"noise_correlation": "8.0", "noise_scale": "0.5", "decode_steps": "1",
                                                **defaults}
     assert decoding(checkpoint=checkpoint, noise_correlation=0.0, noise_scale=1.0, chunk_blend="crossfade",
-                    crossfade_ticks=3) == {"noise_correlation": "0.0", "noise_scale": "1.0", "decode_steps": "1",
-                                           "chunk_blend": "crossfade", "crossfade_ticks": "3"}
+                    crossfade_ticks=3, dtype="bfloat16") == {
+        "noise_correlation": "0.0", "noise_scale": "1.0", "decode_steps": "1", "chunk_blend": "crossfade",
+        "crossfade_ticks": "3", "dtype": "bfloat16"}
     # a checkpoint that recommends nothing: white noise at the training temperature
     assert decoding() == {"noise_correlation": "0.0", "noise_scale": "1.0", "decode_steps": "1", **defaults}
 
@@ -426,6 +428,7 @@ def test_inference_slowdown_holds_each_chunk_back_by_its_factor(session_factory)
     ({"profile": "no_such_robot"}, "file not found"),
     ({"chunk_blend": "average"}, "'chunk_blend' must be one of"),
     ({"crossfade_ticks": -1}, "'crossfade_ticks' must be >= 0"),
+    ({"dtype": "float16"}, "'dtype' must be one of"),
     ({"control_rate_hz": -5.0}, "'control_rate_hz' must be >= 0"),
     ({"noise_scale": -2.0}, "'noise_scale' must be >= -1"),
     ({"noise_correlation": -2.0}, "'noise_correlation' must be >= -1"),
