@@ -266,3 +266,8 @@ def test_params_files_use_declared_parameters_with_valid_values(executable):
     assert set(values) <= set(specs), f"undeclared: {set(values) - set(specs)}"
     for name, value in values.items():
         specs[name].validate(value)
+    # The file documents the node's defaults: a value that differs would change what the launch
+    # files run without anyone asking (noise_scale 1.0 once overrode the checkpoint's recommended
+    # 0.5). Only settings for tests may be left out.
+    assert {name: value for name, value in values.items() if value != specs[name].default} == {}
+    assert {name for name, spec in specs.items() if not spec.description.startswith("testing only")} <= set(values)
