@@ -6,6 +6,7 @@ import shutil
 import pytest
 import torch
 import torch.nn.functional as F
+from transformers import PaliGemmaConfig
 
 from vla_ros.policy.backbone import BackboneError, VLMBackbone
 from vla_ros.policy.tiny import save_backbone
@@ -45,6 +46,7 @@ def test_encodes_cameras_and_text_into_condition_tokens(model_dirs, preset):
 def test_paligemma_builds_no_pooling_head_and_weights_saved_with_one_still_load(model_dirs):
     """PaliGemma reads the vision tower's patch tokens, never its pooled output: the pooling head is
     not built (transformers' PaliGemma configs have none), and checkpoints saved with one load."""
+    assert PaliGemmaConfig().vision_config.vision_use_head is False  # transformers' own PaliGemma contract
     backbone = VLMBackbone.from_directory(model_dirs["tiny"])
     assert backbone.vlm.config.vision_config.vision_use_head is False
     assert not [name for name, _ in backbone.vision_tower().named_parameters() if name.startswith("head.")]
